@@ -1,0 +1,73 @@
+package v1alpha1
+
+// Condition types of a Sandbox and their reasons. "Desired running" is
+// spec.state; "Ready" is the observation that the guest answers. A Sandbox
+// can be desired Running and not Ready (Starting, or Crashed without restart).
+
+// Scheduled condition (owner: manager): whether the current run is placed.
+const (
+	// ConditionScheduled is True once status.nodeName is set for the current run.
+	ConditionScheduled = "Scheduled"
+
+	// ReasonPlaced (True): bound to status.nodeName.
+	ReasonPlaced = "Placed"
+	// ReasonUnschedulable (False): no node fits; the message counts why
+	// each node was rejected ("0/3 nodes are available: 2 insufficient
+	// memory, 1 not ready"). Retried when SandboxNodes or Leases change.
+	ReasonUnschedulable = "Unschedulable"
+	// ReasonNotRequested (False): spec.state is Stopped, so nothing is placed.
+	ReasonNotRequested = "NotRequested"
+	// ReasonRestartBackoff (False): waiting before a restart (restartPolicy).
+	ReasonRestartBackoff = "RestartBackoff"
+)
+
+// ImageReady condition (owner: node agent): whether the image is pulled and
+// its root filesystem built on the node.
+const (
+	// ConditionImageReady is True when the root filesystem image is ready.
+	ConditionImageReady = "ImageReady"
+
+	// ReasonImagePulled (True): the image is in the node's cache.
+	ReasonImagePulled = "Pulled"
+	// ReasonImagePulling (False): a pull is in progress (bytes done/total in the message).
+	ReasonImagePulling = "Pulling"
+	// ReasonErrImagePull (False): the pull failed; the registry's message
+	// follows. Retried with backoff.
+	ReasonErrImagePull = "ErrImagePull"
+)
+
+// Ready condition (owner: manager): the summary, True exactly in phase Running.
+const (
+	// ConditionReady is True when the guest agent answers (phase Running).
+	ConditionReady = "Ready"
+
+	// ReasonRunning (True): the VM runs and the guest answers.
+	ReasonRunning = "Running"
+	// ReasonPending (False): not yet placed.
+	ReasonPending = "Pending"
+	// ReasonStarting (False): placed; image, root filesystem or boot in progress.
+	ReasonStarting = "Starting"
+	// ReasonStopping (False): the VM is being stopped.
+	ReasonStopping = "Stopping"
+	// ReasonStopped (False): the run ended in an orderly way; the message
+	// holds terminationReason and exitCode.
+	ReasonStopped = "Stopped"
+	// ReasonCrashed (False): the VM or its node died.
+	ReasonCrashed = "Crashed"
+	// ReasonDeleting (False): the Sandbox is being deleted.
+	ReasonDeleting = "Deleting"
+)
+
+// Draining condition (owner: node agent): True while a stop is in progress
+// (new exec sessions are refused).
+const (
+	// ConditionDraining is True while the VM is being stopped.
+	ConditionDraining = "Draining"
+
+	// ReasonDrainRequested (True): stopPolicy Drain; running sessions may finish.
+	ReasonDrainRequested = "DrainRequested"
+	// ReasonShutdownRequested (True): a Graceful or Kill stop is in progress.
+	ReasonShutdownRequested = "ShutdownRequested"
+	// ReasonNotDraining (False): no stop is in progress.
+	ReasonNotDraining = "NotDraining"
+)
