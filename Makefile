@@ -1,0 +1,89 @@
+# sandbox-operator — the Makefile is the interface: `make help` lists targets.
+
+SHELL := /usr/bin/env bash -o pipefail
+.SHELLFLAGS := -ec
+
+BIN ?= $(CURDIR)/bin
+export PATH := $(BIN):$(PATH)
+# envtest finds kube-apiserver, etcd and kubectl here (built by hack/build-control-plane.sh).
+export KUBEBUILDER_ASSETS ?= $(BIN)/k8s
+
+CONTROLLER_GEN ?= $(BIN)/controller-gen
+TOOLS_MOD := hack/tools/go.mod
+GO_TEST_FLAGS ?= -count=1
+FUZZ_TIME ?= 20s
+
+.PHONY: all
+all: build
+
+##@ General
+
+.PHONY: help
+help: ## Show this help.
+	@awk 'BEGIN {FS = ":.*##"; printf "\nUsage:\n  make \033[36m<target>\033[0m\n"} /^[a-zA-Z_0-9-]+:.*?##/ { printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2 } /^##@/ { printf "\n\033[1m%s\033[0m\n", substr($$0, 5) } ' $(MAKEFILE_LIST)
+
+##@ Development
+
+.PHONY: manifests
+manifests: tools ## Generate CRDs (config/crd/bases) and RBAC (config/rbac) from markers.
+	$(CONTROLLER_GEN) rbac:roleName=manager-role crd paths="./api/..." paths="./internal/..." \
+		output:crd:artifacts:config=config/crd/bases output:rbac:artifacts:config=config/rbac
+
+.PHONY: generate
+generate: tools ## Generate deepcopy and the client-go clientset, listers, informers and apply configurations.
+	$(CONTROLLER_GEN) object:headerFile=hack/boilerplate.go.txt paths="./api/..."
+	BIN=$(BIN) hack/update-codegen.sh
+
+.PHONY: fmt
+fmt: ## Run go fmt.
+	go fmt ./...
+
+.PHONY: vet
+vet: ## Run go vet.
+	go vet ./...
+
+.PHONY: verify
+verify: ## Regenerate everything and fail if the committed files differ.
+	hack/verify-generated.sh
+
+##@ Test
+
+.PHONY: test
+test: control-plane tools vet ## Run unit, envtest and fuzz tests (everything CI runs), against a real kube-apiserver + etcd.
+	go test $(GO_TEST_FLAGS) ./... 
+	go test -run '^$$' -fuzz FuzzDerivePhase -fuzztime $(FUZZ_TIME) ./api/v1alpha1/
+	go build -o /dev/null ./examples/watch/
+
+.PHONY: test-e2e
+test-e2e: control-plane build ## Run the end-to-end suite (control plane + manager as processes).
+	go test $(GO_TEST_FLAGS) -tags e2e -timeout 20m ./test/e2e/ -v -ginkgo.v
+
+.PHONY: bench
+bench: control-plane build ## Run benchmarks; writes bench/results.json and bench/results.md.
+	go run ./bench/cmd/placebench -out bench
+
+##@ Build
+
+.PHONY: build
+build: ## Build the manager and tools into bin/.
+	go build -o $(BIN)/manager ./cmd/manager
+	go build -o $(BIN)/watch-example ./examples/watch
+
+.PHONY: dev
+dev: control-plane build ## Run it locally: kube-apiserver + etcd, CRDs, manager, a SandboxNode and a sample.
+	hack/dev.sh
+
+##@ Dependencies
+
+.PHONY: control-plane
+control-plane: ## Build kube-apiserver, etcd and kubectl from Go modules into bin/k8s (cached).
+	hack/build-control-plane.sh
+
+.PHONY: tools
+tools: $(CONTROLLER_GEN) ## Build the code generators into bin/.
+
+$(CONTROLLER_GEN): $(TOOLS_MOD)
+	cd hack/tools && go build -o $(BIN)/ sigs.k8s.io/controller-tools/cmd/controller-gen \
+		k8s.io/code-generator/cmd/applyconfiguration-gen k8s.io/code-generator/cmd/client-gen \
+		k8s.io/code-generator/cmd/informer-gen k8s.io/code-generator/cmd/lister-gen
+	touch $(CONTROLLER_GEN)

@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Regenerates deepcopy, CRDs, RBAC and the client-go code, then fails if the
+# result differs from what is committed (or leaves untracked files).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+make -s generate manifests >/dev/null
+paths=(api config/crd config/rbac pkg/client)
+if ! git diff --exit-code --stat -- "${paths[@]}" || [ -n "$(git ls-files --others --exclude-standard -- "${paths[@]}")" ]; then
+  echo "Generated files are out of date: run 'make generate manifests' and commit the result." >&2
+  git status --short -- "${paths[@]}" >&2
+  exit 1
+fi
+echo "generated files are up to date"
