@@ -20,7 +20,7 @@ import (
 // +genclient
 // +kubebuilder:object:root=true
 // +kubebuilder:subresource:status
-// +kubebuilder:resource:scope=Namespaced,shortName=sbx,categories=sandbox
+// +kubebuilder:resource:scope=Namespaced,shortName=sbx,categories=microvm
 // +kubebuilder:selectablefield:JSONPath=.status.nodeName
 // +kubebuilder:printcolumn:name="Phase",type=string,JSONPath=`.status.phase`
 // +kubebuilder:printcolumn:name="Node",type=string,JSONPath=`.status.nodeName`

@@ -18,7 +18,7 @@ import (
 // +genclient:nonNamespaced
 // +kubebuilder:object:root=true
 // +kubebuilder:subresource:status
-// +kubebuilder:resource:scope=Cluster,shortName=sbxnode,categories=sandbox
+// +kubebuilder:resource:scope=Cluster,shortName=sbxnode,categories=microvm
 // +kubebuilder:printcolumn:name="Ready",type=string,JSONPath=`.status.conditions[?(@.type=="Ready")].status`
 // +kubebuilder:printcolumn:name="Accelerator",type=string,JSONPath=`.status.accelerator`
 // +kubebuilder:printcolumn:name="CPUs",type=integer,JSONPath=`.status.allocatable.cpus`

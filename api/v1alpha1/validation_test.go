@@ -44,6 +44,8 @@ const (
 
 var (
 	k8sClient client.Client
+	// testEnv is the control plane started by TestMain (nil when skipped).
+	testEnv *envtest.Environment
 	// skipReason is set when no control plane binaries were found.
 	skipReason string
 )
@@ -65,7 +67,7 @@ func runMain(m *testing.M) int {
 		return m.Run()
 	}
 
-	testEnv := &envtest.Environment{
+	testEnv = &envtest.Environment{
 		CRDDirectoryPaths:     []string{filepath.Join("..", "..", "config", "crd", "bases")},
 		ErrorIfCRDPathMissing: true,
 		BinaryAssetsDirectory: assets,

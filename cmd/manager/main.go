@@ -51,7 +51,7 @@ func main() {
 	flag.DurationVar(&restartBackoff, "restart-backoff", 10*time.Second, "First delay of a restartPolicy restart after a failure; doubles per restart.")
 	flag.DurationVar(&maxRestartBackoff, "max-restart-backoff", 5*time.Minute, "Longest restart delay.")
 	flag.DurationVar(&assumeTTL, "assume-ttl", 30*time.Second, "How long an in-flight placement counts against a node before the cache must confirm it.")
-	flag.IntVar(&workers, "max-concurrent-reconciles", 4, "Sandbox reconcile workers.")
+	flag.IntVar(&workers, "max-concurrent-reconciles", 8, "Sandbox reconcile workers.")
 	flag.IntVar(&qps, "kube-api-qps", 200, "Queries per second to the API server.")
 	flag.IntVar(&burst, "kube-api-burst", 400, "Burst of queries to the API server.")
 	opts := zap.Options{Development: true}

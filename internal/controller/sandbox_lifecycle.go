@@ -28,7 +28,9 @@ type scope struct {
 
 	// deleted: the ephemeral step deleted the object; skip the status write.
 	deleted bool
-	events  []pendingEvent
+	// retryStale: the status write hit a conflict (a stale read); requeue.
+	retryStale bool
+	events     []pendingEvent
 }
 
 type pendingEvent struct {

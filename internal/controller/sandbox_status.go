@@ -75,10 +75,13 @@ func (r *SandboxReconciler) applyStatus(ctx context.Context, s *scope, passOK bo
 		if s.st.NodeName != s.sbx.Status.NodeName {
 			r.Assumer.Forget(s.sbx.UID) // the binding did not happen
 		}
-		if apierrors.IsNotFound(err) || apierrors.IsConflict(err) {
-			// Conflict: this pass read a stale copy from the cache. The
-			// newer version's watch event brings another pass; nothing to do.
-			ctrl.LoggerFrom(ctx).V(4).Info("Skipping status write based on a stale read", "reason", apierrors.ReasonForError(err))
+		if apierrors.IsNotFound(err) {
+			return nil
+		}
+		if apierrors.IsConflict(err) {
+			// This pass read a stale copy from the cache: redo it shortly.
+			ctrl.LoggerFrom(ctx).V(4).Info("Retrying a status write based on a stale read")
+			s.retryStale = true
 			return nil
 		}
 		return fmt.Errorf("failed to apply status of Sandbox %s: %w", klog.KObj(s.sbx), err)
