@@ -49,10 +49,11 @@ verify: ## Regenerate everything and fail if the committed files differ.
 ##@ Test
 
 .PHONY: test
-test: control-plane tools vet ## Run unit, envtest and fuzz tests (everything CI runs), against a real kube-apiserver + etcd.
-	go test $(GO_TEST_FLAGS) ./... 
+test: control-plane tools vet build ## Run everything CI runs: unit, envtest and fuzz tests against a real kube-apiserver + etcd, the verify check and a `make dev` smoke run.
+	go test $(GO_TEST_FLAGS) ./...
 	go test -run '^$$' -fuzz FuzzDerivePhase -fuzztime $(FUZZ_TIME) ./api/v1alpha1/
-	go build -o /dev/null ./examples/watch/
+	hack/test-verify.sh
+	DEV_SMOKE=1 DEV_DIR=bin/dev-smoke hack/dev.sh
 
 .PHONY: test-e2e
 test-e2e: control-plane build ## Run the end-to-end suite (control plane + manager as processes).
@@ -60,7 +61,7 @@ test-e2e: control-plane build ## Run the end-to-end suite (control plane + manag
 
 .PHONY: bench
 bench: control-plane build ## Run benchmarks; writes bench/results.json and bench/results.md.
-	go run ./bench/cmd/placebench -out bench
+	go run ./bench/cmd/placebench -out bench -build=false
 
 ##@ Build
 

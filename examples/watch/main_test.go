@@ -58,7 +58,7 @@ func TestRun(t *testing.T) {
 		assets = filepath.Join("..", "..", "bin", "k8s")
 	}
 	if _, err := os.Stat(filepath.Join(assets, "kube-apiserver")); err != nil {
-		t.Skipf("no kube-apiserver in %s: set KUBEBUILDER_ASSETS to a directory with kube-apiserver, etcd and kubectl", assets)
+		t.Fatalf("no kube-apiserver in %s: run `make control-plane` or set KUBEBUILDER_ASSETS", assets)
 	}
 
 	testEnv := &envtest.Environment{

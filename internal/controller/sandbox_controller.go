@@ -277,7 +277,9 @@ func (r *SandboxReconciler) SetupWithManager(mgr ctrl.Manager) error {
 func actionableChange(old, cur *sandboxv1alpha1.Sandbox) bool {
 	return old.Generation != cur.Generation ||
 		!old.DeletionTimestamp.Equal(cur.DeletionTimestamp) ||
-		!slices.Equal(old.Finalizers, cur.Finalizers) ||
+		// Finalizers matter while deleting (the agent removing its own);
+		// before that the only change is the manager's own patch.
+		(cur.DeletionTimestamp != nil && !slices.Equal(old.Finalizers, cur.Finalizers)) ||
 		!apiequality.Semantic.DeepEqual(old.Status.VM, cur.Status.VM) ||
 		old.Status.Run != cur.Status.Run
 }

@@ -367,7 +367,7 @@ func (r *report) markdown() string {
 	p("**Setup.** %d SandboxNodes (Ready, accelerator tcg, allocatable %d cpus / %d MiB / %d sandboxes: %d slots for %d sandboxes), "+
 		"each with a Lease in `%s` (leaseDurationSeconds %d). **No node agents run:** the benchmark process stands in for them, "+
 		"renewing every Lease every %s; nothing boots VMs, so only placement (status.nodeName) is measured. "+
-		"The manager is `bin/manager` as its own process with its default flags (`--max-concurrent-reconciles=4 --kube-api-qps=200 --kube-api-burst=400`) "+
+		"The manager is `bin/manager` as its own process with its default flags (see `bin/manager --help`) "+
 		"plus `--leader-elect=false`%s.\n\n",
 		c.nodes, nodeCPUs, nodeMemMiB, c.slots, c.nodes*c.slots, c.sandboxes, leaseNamespace, leaseDurationSeconds, c.leaseRenew,
 		extraArgs(c.managerArgs))
