@@ -12,7 +12,7 @@ cd "$(dirname "$0")/.."
 K8S_VERSION=v1.37.2
 ETCD_VERSION=v3.7.0
 STAMP="kube-apiserver ${K8S_VERSION} etcd ${ETCD_VERSION} go $(go env GOVERSION) ldflags-v1"
-CACHE="${SANDBOX_CACHE:-${HOME}/.cache/sandbox-operator}/k8s-${K8S_VERSION}-etcd-${ETCD_VERSION}"
+CACHE="${SANDBOX_CACHE:-${XDG_CACHE_HOME:-${HOME:-/root}/.cache}/sandbox-operator}/k8s-${K8S_VERSION}-etcd-${ETCD_VERSION}"
 DEST=bin/k8s
 BINS=(kube-apiserver etcd kubectl)
 

@@ -490,7 +490,7 @@ var _ = Describe("Sandbox manager", func() {
 
 	Context("node loss", func() {
 		It("crashes the run with NodeLost and re-places it when restartPolicy allows", func() {
-			createNode(ctx, "doomed", leaseFor(3*time.Second))
+			createNode(ctx, "doomed", leaseFor(6*time.Second))
 			s := newSandbox(ns, "survivor", func(s *sandboxv1alpha1.Sandbox) { s.Spec.RestartPolicy = sandboxv1alpha1.RestartOnFailure })
 			Expect(k8sClient.Create(ctx, s)).To(Succeed())
 			Expect(expectPlaced(ctx, s)).To(Equal("doomed"))
@@ -511,7 +511,7 @@ var _ = Describe("Sandbox manager", func() {
 		})
 
 		It("leaves the run Crashed with NodeLost under restartPolicy Never", func() {
-			createNode(ctx, "doomed", leaseFor(2*time.Second))
+			createNode(ctx, "doomed", leaseFor(5*time.Second))
 			s := newSandbox(ns, "casualty")
 			Expect(k8sClient.Create(ctx, s)).To(Succeed())
 			expectPlaced(ctx, s)
