@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -166,7 +167,6 @@ func (r *SandboxReconciler) reconcileDelete(ctx context.Context, sbx *sandboxv1a
 	if !controllerutil.ContainsFinalizer(sbx, sandboxv1alpha1.ManagerFinalizer) {
 		return ctrl.Result{}, nil
 	}
-	var res ctrl.Result
 	release := []string{sandboxv1alpha1.ManagerFinalizer}
 	if controllerutil.ContainsFinalizer(sbx, sandboxv1alpha1.NodeAgentFinalizer) {
 		switch node := sbx.Status.NodeName; {
@@ -196,18 +196,28 @@ func (r *SandboxReconciler) reconcileDelete(ctx context.Context, sbx *sandboxv1a
 	}
 	if err := r.Patch(ctx, sbx, client.MergeFromWithOptions(base, client.MergeFromWithOptimisticLock{})); err != nil {
 		if apierrors.IsNotFound(err) {
-			return res, nil
+			return ctrl.Result{}, nil
+		}
+		if apierrors.IsConflict(err) {
+			return ctrl.Result{RequeueAfter: staleCacheRetry}, nil
 		}
 		return ctrl.Result{}, fmt.Errorf("failed to remove finalizers from Sandbox %s: %w", klog.KObj(sbx), err)
 	}
 	r.forget(types.NamespacedName{Namespace: sbx.Namespace, Name: sbx.Name}, sbx.UID)
-	return res, nil
+	return ctrl.Result{}, nil
 }
 
 // forget drops in-memory state of a Sandbox that is gone.
 func (r *SandboxReconciler) forget(key types.NamespacedName, uid types.UID) {
 	if uid != "" {
 		r.Assumer.Forget(uid)
+		prefix := string(uid) + "/"
+		r.runRequested.Range(func(k, _ any) bool {
+			if strings.HasPrefix(k.(string), prefix) {
+				r.runRequested.Delete(k)
+			}
+			return true
+		})
 	}
 	unschedulable.forget(key)
 }

@@ -257,6 +257,7 @@ func (r *SandboxReconciler) place(ctx context.Context, s *scope) (ctrl.Result, e
 		s.event("Normal", "Scheduled", "Schedule", "Placed run %d on node %s", s.st.Run, node)
 	}
 	unschedulable.forget(key)
+	r.runRequested.Delete(runKey(s))
 	s.st.NodeName = node
 	if s.st.Timings == nil {
 		s.st.Timings = &sandboxv1alpha1.Timings{}
@@ -274,7 +275,7 @@ const unschedulableRetry = 5 * time.Minute
 // placement: this process's first sight of it, or the creation time for
 // the first run.
 func (r *SandboxReconciler) runRequestedAt(s *scope) time.Time {
-	k := fmt.Sprintf("%s/%d", s.sbx.UID, s.st.Run)
+	k := runKey(s)
 	start := s.now
 	if s.st.Run <= 1 && s.sbx.CreationTimestamp.Add(time.Second).Before(s.now) {
 		start = s.sbx.CreationTimestamp.Time
@@ -282,6 +283,8 @@ func (r *SandboxReconciler) runRequestedAt(s *scope) time.Time {
 	v, _ := r.runRequested.LoadOrStore(k, start)
 	return v.(time.Time)
 }
+
+func runKey(s *scope) string { return fmt.Sprintf("%s/%d", s.sbx.UID, s.st.Run) }
 
 // deleteEphemeral deletes an ephemeral Sandbox whose run ended for good.
 func (r *SandboxReconciler) deleteEphemeral(ctx context.Context, s *scope) (ctrl.Result, error) {
