@@ -42,6 +42,14 @@ fmt: ## Run go fmt.
 vet: ## Run go vet.
 	go vet ./...
 
+.PHONY: lint
+lint: $(BIN)/golangci-lint ## Run golangci-lint (.golangci.yml).
+	$(BIN)/golangci-lint run ./...
+
+$(BIN)/golangci-lint: hack/tools/lint/go.mod
+	cd hack/tools/lint && go build -o $(BIN)/golangci-lint github.com/golangci/golangci-lint/v2/cmd/golangci-lint
+	touch $(BIN)/golangci-lint
+
 .PHONY: verify
 verify: ## Regenerate everything and fail if the committed files differ.
 	hack/verify-generated.sh

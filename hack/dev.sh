@@ -66,7 +66,9 @@ if [ "${DEV_SMOKE:-0}" = 1 ]; then
   [ "$out" = "Starting local" ] || { echo "smoke: python-demo not placed (got '$out')" >&2; cat "$DEV_DIR/manager.log" >&2; exit 1; }
   parked=$("$KUBECTL" get sandbox busybox-parked -o jsonpath='{.status.phase}')
   [ "$parked" = "Created" ] || { echo "smoke: busybox-parked phase '$parked', want Created" >&2; exit 1; }
-  "$KUBECTL" explain sandbox.spec.runtime | grep -q "workdir" || { echo "smoke: kubectl explain failed" >&2; exit 1; }
+  # Capture first: `| grep -q` would close the pipe early and fail kubectl with SIGPIPE.
+  explain=$("$KUBECTL" explain sandbox.spec.runtime)
+  grep -q "workdir" <<<"$explain" || { echo "smoke: kubectl explain failed" >&2; exit 1; }
   echo "smoke: make dev works (sample placed on node local, kubectl explain answers)"
   exit 0
 fi

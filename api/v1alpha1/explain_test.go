@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"io"
 	"regexp"
+	"sigs.k8s.io/controller-runtime/pkg/envtest"
 	"strings"
 	"testing"
 	"time"
@@ -101,8 +102,16 @@ func TestKubectlExplain(t *testing.T) {
 	// $HOME. kubectl runs one at a time: KubeCtl.Run is not safe for
 	// concurrent use.
 	cacheDir := t.TempDir()
+	user, err := testEnv.AddUser(envtest.User{Name: "explain-reader", Groups: []string{"system:masters"}}, nil)
+	if err != nil {
+		t.Fatalf("adding a kubectl user: %v", err)
+	}
+	kubectl, err := user.Kubectl()
+	if err != nil {
+		t.Fatalf("configuring kubectl: %v", err)
+	}
 	explain := func(args ...string) (string, error) {
-		stdout, stderr, err := testEnv.ControlPlane.KubeCtl().Run(append([]string{"--cache-dir=" + cacheDir, "explain"}, args...)...)
+		stdout, stderr, err := kubectl.Run(append([]string{"--cache-dir=" + cacheDir, "explain"}, args...)...)
 		out, _ := io.ReadAll(stdout)
 		if err != nil {
 			errOut, _ := io.ReadAll(stderr)

@@ -391,7 +391,7 @@ func FuzzDerivePhase(f *testing.F) {
 		got := DerivePhase(st)
 		vm := st.CurrentVM()
 
-		if st.VM != nil && vm == nil && !(st.NodeName == "" || st.VM.Run != st.Run || st.VM.NodeName != st.NodeName) {
+		if st.VM != nil && vm == nil && st.NodeName != "" && st.VM.Run == st.Run && st.VM.NodeName == st.NodeName {
 			t.Fatalf("CurrentVM ignored an observation of the current run: %+v", st)
 		}
 		known := false

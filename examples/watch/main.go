@@ -38,7 +38,7 @@ import (
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/tools/clientcmd"
 
-	v1alpha1 "github.com/microvm-dev/sandbox-operator/api/v1alpha1"
+	sandboxv1alpha1 "github.com/microvm-dev/sandbox-operator/api/v1alpha1"
 	"github.com/microvm-dev/sandbox-operator/pkg/client/clientset/versioned"
 	"github.com/microvm-dev/sandbox-operator/pkg/client/informers/externalversions"
 )
@@ -104,22 +104,22 @@ func run(ctx context.Context, cfg *rest.Config, namespace string, out io.Writer)
 		externalversions.WithNamespace(namespace))
 
 	// TypedInformer is the type-safe variant of Informer(): handlers receive
-	// *v1alpha1.Sandbox instead of interface{}. Asking for the informer
+	// *sandboxv1alpha1.Sandbox instead of interface{}. Asking for the informer
 	// registers it with the factory; it must happen before Start.
 	informer := factory.Sandbox().V1alpha1().Sandboxes().TypedInformer()
 
 	// The handlers of one registration are called one at a time, in order,
 	// from a goroutine of the informer, so writing to out needs no lock here.
-	_, err = informer.AddTypedEventHandler(cache.TypedResourceEventHandlerFuncs[*v1alpha1.Sandbox]{
+	_, err = informer.AddTypedEventHandler(cache.TypedResourceEventHandlerFuncs[*sandboxv1alpha1.Sandbox]{
 		// AddFunc is called for every Sandbox of the initial list, then for
 		// each new one.
-		AddFunc: func(sb *v1alpha1.Sandbox) {
+		AddFunc: func(sb *sandboxv1alpha1.Sandbox) {
 			fmt.Fprintf(out, "%s/%s %s\n", sb.Namespace, sb.Name, summarize(sb))
 		},
 		// UpdateFunc is called for every change of a Sandbox: spec,
 		// metadata and status alike. Print only when the part we show
 		// changed.
-		UpdateFunc: func(oldSB, newSB *v1alpha1.Sandbox) {
+		UpdateFunc: func(oldSB, newSB *sandboxv1alpha1.Sandbox) {
 			if s := summarize(newSB); s != summarize(oldSB) {
 				fmt.Fprintf(out, "%s/%s %s\n", newSB.Namespace, newSB.Name, s)
 			}
@@ -127,7 +127,7 @@ func run(ctx context.Context, cfg *rest.Config, namespace string, out io.Writer)
 		// DeleteFunc gets a DeletedObject: if the watch missed the deletion
 		// the last state may be unknown, but the namespace/name key always
 		// is.
-		DeleteFunc: func(d cache.DeletedObject[*v1alpha1.Sandbox]) {
+		DeleteFunc: func(d cache.DeletedObject[*sandboxv1alpha1.Sandbox]) {
 			fmt.Fprintf(out, "%s deleted\n", d.GetObjectName())
 		},
 	})
@@ -155,9 +155,9 @@ func run(ctx context.Context, cfg *rest.Config, namespace string, out io.Writer)
 
 // summarize renders the part of a Sandbox's status that run reports:
 // "phase=P node=N ready=S reason=R".
-func summarize(sb *v1alpha1.Sandbox) string {
+func summarize(sb *sandboxv1alpha1.Sandbox) string {
 	ready, reason := string(metav1.ConditionUnknown), ""
-	if c := meta.FindStatusCondition(sb.Status.Conditions, v1alpha1.ConditionReady); c != nil {
+	if c := meta.FindStatusCondition(sb.Status.Conditions, sandboxv1alpha1.ConditionReady); c != nil {
 		ready, reason = string(c.Status), c.Reason
 	}
 	return fmt.Sprintf("phase=%s node=%s ready=%s reason=%s",

@@ -4,8 +4,8 @@ package main
 // (controller-runtime's envtest) with the Sandbox CRD installed.
 //
 // The binaries come from KUBEBUILDER_ASSETS, or ../../bin/k8s when it is
-// unset (make control-plane builds them there); without either the test is
-// skipped.
+// unset (make control-plane builds them there); without either the test
+// fails.
 
 import (
 	"bytes"
@@ -27,7 +27,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 	ctrllog "sigs.k8s.io/controller-runtime/pkg/log"
 
-	v1alpha1 "github.com/microvm-dev/sandbox-operator/api/v1alpha1"
+	sandboxv1alpha1 "github.com/microvm-dev/sandbox-operator/api/v1alpha1"
 )
 
 // syncBuffer is a bytes.Buffer that run's handlers may write while the test
@@ -76,7 +76,7 @@ func TestRun(t *testing.T) {
 
 	scheme := runtime.NewScheme()
 	g.Expect(corev1.AddToScheme(scheme)).To(Succeed())
-	g.Expect(v1alpha1.AddToScheme(scheme)).To(Succeed())
+	g.Expect(sandboxv1alpha1.AddToScheme(scheme)).To(Succeed())
 	k8sClient, err := client.New(cfg, client.Options{Scheme: scheme})
 	g.Expect(err).NotTo(HaveOccurred())
 
@@ -88,9 +88,9 @@ func TestRun(t *testing.T) {
 
 	// A Sandbox in another namespace, created before the watcher starts:
 	// run watches only ns, so it must never print it.
-	other := &v1alpha1.Sandbox{
+	other := &sandboxv1alpha1.Sandbox{
 		ObjectMeta: metav1.ObjectMeta{Name: "other", Namespace: metav1.NamespaceDefault},
-		Spec:       v1alpha1.SandboxSpec{Image: "docker.io/library/busybox:1.36"},
+		Spec:       sandboxv1alpha1.SandboxSpec{Image: "docker.io/library/busybox:1.36"},
 	}
 	g.Expect(k8sClient.Create(ctx, other)).To(Succeed())
 
@@ -102,9 +102,9 @@ func TestRun(t *testing.T) {
 	go func() { done <- run(runCtx, cfg, ns, out) }()
 
 	// Creation: a new Sandbox has no status yet.
-	sb := &v1alpha1.Sandbox{
+	sb := &sandboxv1alpha1.Sandbox{
 		ObjectMeta: metav1.ObjectMeta{Name: "demo", Namespace: ns},
-		Spec:       v1alpha1.SandboxSpec{Image: "docker.io/library/busybox:1.36"},
+		Spec:       sandboxv1alpha1.SandboxSpec{Image: "docker.io/library/busybox:1.36"},
 	}
 	g.Expect(k8sClient.Create(ctx, sb)).To(Succeed())
 	created := "watch/demo phase=<none> node=<none> ready=Unknown reason=<none>\n"
@@ -112,12 +112,12 @@ func TestRun(t *testing.T) {
 
 	// Status change, as the manager would write it: placed on node-a and
 	// starting.
-	sb.Status.Phase = v1alpha1.PhaseStarting
+	sb.Status.Phase = sandboxv1alpha1.PhaseStarting
 	sb.Status.NodeName = "node-a"
 	meta.SetStatusCondition(&sb.Status.Conditions, metav1.Condition{
-		Type:    v1alpha1.ConditionReady,
+		Type:    sandboxv1alpha1.ConditionReady,
 		Status:  metav1.ConditionFalse,
-		Reason:  v1alpha1.ReasonStarting,
+		Reason:  sandboxv1alpha1.ReasonStarting,
 		Message: "booting",
 	})
 	g.Expect(k8sClient.Status().Update(ctx, sb)).To(Succeed())

@@ -93,7 +93,7 @@ func run(kubeconfigOut, assets, crdDir string, registerNode bool) error {
 	if err := os.Rename(kubeconfigOut+".tmp", kubeconfigOut); err != nil {
 		return err
 	}
-	defer os.Remove(kubeconfigOut)
+	defer func() { _ = os.Remove(kubeconfigOut) }()
 
 	c, err := client.New(user.Config(), client.Options{Scheme: scheme})
 	if err != nil {

@@ -348,7 +348,11 @@ func TestReadyFor(t *testing.T) {
 				}
 				st.Phase = sandboxv1alpha1.DerivePhase(st)
 				status, _, _ := readyFor(st)
-				g.Expect(status == metav1.ConditionTrue).To(Equal(st.Phase == sandboxv1alpha1.PhaseRunning),
+				want := metav1.ConditionFalse
+				if st.Phase == sandboxv1alpha1.PhaseRunning {
+					want = metav1.ConditionTrue
+				}
+				g.Expect(status).To(Equal(want),
 					"terminationReason %q, vm state %s, phase %s", reason, state, st.Phase)
 			}
 		}

@@ -96,15 +96,6 @@ func createNode(ctx context.Context, name string, opts ...nodeOpt) {
 	Expect(k8sClient.Create(ctx, l)).To(Succeed())
 }
 
-// expireLease makes a node's Lease expire now.
-func expireLease(ctx context.Context, name string) {
-	l := &coordinationv1.Lease{}
-	Expect(k8sClient.Get(ctx, client.ObjectKey{Namespace: testLeaseNamespace, Name: name}, l)).To(Succeed())
-	l.Spec.LeaseDurationSeconds = ptr.To(int32(1))
-	l.Spec.RenewTime = &metav1.MicroTime{Time: time.Now().Add(-2 * time.Second)}
-	Expect(k8sClient.Update(ctx, l)).To(Succeed())
-}
-
 func deleteAllNodes(ctx context.Context) {
 	Expect(k8sClient.DeleteAllOf(ctx, &sandboxv1alpha1.SandboxNode{})).To(Succeed())
 	Expect(k8sClient.DeleteAllOf(ctx, &coordinationv1.Lease{}, client.InNamespace(testLeaseNamespace))).To(Succeed())

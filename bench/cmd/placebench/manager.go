@@ -47,7 +47,7 @@ func freeLoopbackPort() (string, error) {
 	if err != nil {
 		return "", err
 	}
-	defer l.Close()
+	defer func() { _ = l.Close() }()
 	return l.Addr().String(), nil
 }
 
@@ -72,12 +72,12 @@ func startManager(ctx context.Context, bin, kubeconfig, tmp string, extra []stri
 	m.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGTERM}
 	logf("starting %s %s", bin, strings.Join(args, " "))
 	if err := m.cmd.Start(); err != nil {
-		m.logFile.Close()
+		_ = m.logFile.Close()
 		return nil, fmt.Errorf("failed to start the manager: %w", err)
 	}
 	go func() {
 		m.waitErr = m.cmd.Wait()
-		m.logFile.Close()
+		_ = m.logFile.Close()
 		close(m.exited)
 	}()
 	return m, nil
@@ -122,7 +122,7 @@ func (m *manager) memory() (memStat, error) {
 	if err != nil {
 		return memStat{}, fmt.Errorf("failed to read the manager's memory: %w", err)
 	}
-	defer f.Close()
+	defer func() { _ = f.Close() }()
 	var st memStat
 	sc := bufio.NewScanner(f)
 	for sc.Scan() {
@@ -283,7 +283,7 @@ func (m *manager) scrape(ctx context.Context) (*metricsDump, error) {
 	if err != nil {
 		return nil, err
 	}
-	defer resp.Body.Close()
+	defer func() { _ = resp.Body.Close() }()
 	body, err := io.ReadAll(resp.Body)
 	if err != nil {
 		return nil, err

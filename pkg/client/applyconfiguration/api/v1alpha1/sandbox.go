@@ -34,10 +34,13 @@ import (
 // explicit units in field names. The status is written by two field managers
 // with server-side apply; see SandboxStatus for who owns what.
 //
-// Most of the spec configures the VM and cannot change while the VM exists
-// (phase Starting, Running or Draining): set spec.state to Stopped, edit, and
-// set it back to Running. spec.state, spec.stopPolicy, spec.lifecycle and
-// spec.restartPolicy may change at any time.
+// The fields that configure the VM (image, resources, rootDisk, runtime,
+// env, mounts, patches, rlimits, init, network) cannot change while the VM
+// exists (phase Starting, Running or Draining): set spec.state to Stopped,
+// edit, and set it back to Running. The others (state, stopPolicy,
+// lifecycle, restartPolicy, imagePullPolicy, imagePullSecrets, registry,
+// nodeSelector, tolerations, accelerator) may change at any time and apply
+// from the next start or placement.
 type SandboxApplyConfiguration struct {
 	v1.TypeMetaApplyConfiguration `json:""`
 	// metadata is the standard object metadata.
