@@ -54,8 +54,6 @@ const (
 	ReasonStopped = "Stopped"
 	// ReasonCrashed (False): the VM or its node died.
 	ReasonCrashed = "Crashed"
-	// ReasonDeleting (False): the Sandbox is being deleted.
-	ReasonDeleting = "Deleting"
 )
 
 // Draining condition (owner: node agent): True while a stop is in progress

@@ -19,18 +19,17 @@ import (
 	"syscall"
 	"time"
 
-	coordinationv1 "k8s.io/api/coordination/v1"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	k8sruntime "k8s.io/apimachinery/pkg/runtime"
 	utilruntime "k8s.io/apimachinery/pkg/util/runtime"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
-	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 
 	sandboxv1alpha1 "github.com/microvm-dev/sandbox-operator/api/v1alpha1"
+	"github.com/microvm-dev/sandbox-operator/internal/standin"
 )
 
 const (
@@ -105,30 +104,21 @@ func run(kubeconfigOut, assets, crdDir string, registerNode bool) error {
 	fmt.Printf("devenv: kube-apiserver at %s, kubeconfig %s\n", user.Config().Host, kubeconfigOut)
 
 	if registerNode {
-		if err := registerLocalNode(ctx, c); err != nil {
+		if err := standin.Register(ctx, c, leaseNamespace, localNode()); err != nil {
 			return err
 		}
 		fmt.Printf("devenv: registered SandboxNode %q (stand-in for the node agent; it runs no VMs)\n", nodeName)
-		renew := time.NewTicker(leaseSeconds / 4 * time.Second)
-		defer renew.Stop()
-		for {
-			select {
-			case <-ctx.Done():
-				return nil
-			case <-renew.C:
-				if err := renewLease(ctx, c); err != nil {
-					fmt.Fprintln(os.Stderr, "devenv: failed to renew the Lease:", err)
-				}
-			}
-		}
+		standin.KeepRenewing(ctx, c, leaseNamespace, func() []string { return []string{nodeName} }, leaseSeconds/4*time.Second,
+			func(err error) { fmt.Fprintln(os.Stderr, "devenv:", err) })
+		return nil
 	}
 	<-ctx.Done()
 	return nil
 }
 
-// registerLocalNode creates the SandboxNode for this machine with its real
-// CPU count and memory (minus 1 CPU and 1 GiB reserved), and its Lease.
-func registerLocalNode(ctx context.Context, c client.Client) error {
+// localNode describes this machine: its real CPU count and memory, minus 1
+// CPU and 1 GiB reserved, and kvm when /dev/kvm opens read-write.
+func localNode() standin.Node {
 	cpus := int32(runtime.NumCPU())
 	memMiB := hostMemoryMiB()
 	accel := sandboxv1alpha1.AcceleratorTCG
@@ -136,40 +126,15 @@ func registerLocalNode(ctx context.Context, c client.Client) error {
 		_ = f.Close()
 		accel = sandboxv1alpha1.AcceleratorKVMName
 	}
-	n := &sandboxv1alpha1.SandboxNode{ObjectMeta: metav1.ObjectMeta{Name: nodeName,
-		Labels: map[string]string{"kubernetes.io/hostname": nodeName}}}
-	if err := c.Create(ctx, n); err != nil && !apierrors.IsAlreadyExists(err) {
-		return fmt.Errorf("failed to create SandboxNode %s: %w", nodeName, err)
+	return standin.Node{
+		Name:          nodeName,
+		Labels:        map[string]string{"kubernetes.io/hostname": nodeName},
+		Capacity:      &sandboxv1alpha1.NodeResources{CPUs: cpus, MemoryMiB: memMiB, Sandboxes: 110},
+		Allocatable:   sandboxv1alpha1.NodeResources{CPUs: max(cpus-1, 1), MemoryMiB: max(memMiB-1024, 0), Sandboxes: 110},
+		Accelerator:   accel,
+		Agent:         "hack/devenv",
+		LeaseDuration: leaseSeconds * time.Second,
 	}
-	n.Status = sandboxv1alpha1.SandboxNodeStatus{
-		Capacity:    sandboxv1alpha1.NodeResources{CPUs: cpus, MemoryMiB: memMiB, Sandboxes: 110},
-		Allocatable: sandboxv1alpha1.NodeResources{CPUs: max(cpus-1, 1), MemoryMiB: max(memMiB-1024, 0), Sandboxes: 110},
-		Accelerator: accel,
-		Versions:    sandboxv1alpha1.NodeVersions{Agent: "devenv (stand-in)"},
-		Conditions: []metav1.Condition{{Type: sandboxv1alpha1.NodeConditionReady, Status: metav1.ConditionTrue,
-			Reason: "DevEnvironment", Message: "Registered by hack/devenv; no node agent runs VMs yet", LastTransitionTime: metav1.Now()}},
-	}
-	if err := c.Status().Update(ctx, n); err != nil {
-		return fmt.Errorf("failed to report SandboxNode %s status: %w", nodeName, err)
-	}
-	l := &coordinationv1.Lease{
-		ObjectMeta: metav1.ObjectMeta{Name: nodeName, Namespace: leaseNamespace},
-		Spec: coordinationv1.LeaseSpec{HolderIdentity: ptr.To(nodeName), LeaseDurationSeconds: ptr.To(int32(leaseSeconds)),
-			RenewTime: &metav1.MicroTime{Time: time.Now()}},
-	}
-	if err := c.Create(ctx, l); err != nil && !apierrors.IsAlreadyExists(err) {
-		return fmt.Errorf("failed to create Lease %s/%s: %w", leaseNamespace, nodeName, err)
-	}
-	return nil
-}
-
-func renewLease(ctx context.Context, c client.Client) error {
-	l := &coordinationv1.Lease{}
-	if err := c.Get(ctx, client.ObjectKey{Namespace: leaseNamespace, Name: nodeName}, l); err != nil {
-		return err
-	}
-	l.Spec.RenewTime = &metav1.MicroTime{Time: time.Now()}
-	return c.Update(ctx, l)
 }
 
 // hostMemoryMiB reads MemTotal from /proc/meminfo (0 when unreadable).

@@ -8,16 +8,18 @@ import (
 	"sort"
 	"time"
 
-	coordinationv1 "k8s.io/api/coordination/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/runtime"
+	utilruntime "k8s.io/apimachinery/pkg/util/runtime"
 	"k8s.io/client-go/kubernetes"
+	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/rest"
-	"k8s.io/utils/ptr"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 
 	sandboxv1alpha1 "github.com/microvm-dev/sandbox-operator/api/v1alpha1"
+	"github.com/microvm-dev/sandbox-operator/internal/standin"
 	"github.com/microvm-dev/sandbox-operator/pkg/client/clientset/versioned"
 )
 
@@ -39,6 +41,7 @@ type cluster struct {
 	cfg        *rest.Config
 	kube       kubernetes.Interface
 	sbx        versioned.Interface
+	ctrl       client.Client
 	kubeconfig string
 }
 
@@ -87,6 +90,12 @@ func startCluster(ctx context.Context, root, tmp string) (*cluster, error) {
 	if cl.sbx, err = versioned.NewForConfig(cfg); err != nil {
 		return fail(err)
 	}
+	scheme := runtime.NewScheme()
+	utilruntime.Must(sandboxv1alpha1.AddToScheme(scheme))
+	utilruntime.Must(clientgoscheme.AddToScheme(scheme))
+	if cl.ctrl, err = client.New(cfg, client.Options{Scheme: scheme}); err != nil {
+		return fail(err)
+	}
 	logf("control plane up in %s; kubeconfig %s", time.Since(start).Round(time.Millisecond), cl.kubeconfig)
 	return cl, nil
 }
@@ -103,43 +112,16 @@ func (cl *cluster) createNamespaces(ctx context.Context, names ...string) error 
 	return nil
 }
 
-// createNodes registers Ready SandboxNodes and their Leases the way a node
-// agent does (see createNode in internal/controller's tests).
+// createNodes registers Ready SandboxNodes and their Leases with the
+// stand-in for node agents (internal/standin).
 func (cl *cluster) createNodes(ctx context.Context, n, slots int) ([]string, error) {
 	res := sandboxv1alpha1.NodeResources{CPUs: nodeCPUs, MemoryMiB: nodeMemMiB, Sandboxes: int32(slots)}
 	names := make([]string, 0, n)
 	for i := range n {
 		name := fmt.Sprintf("node-%02d", i)
-		sn := &sandboxv1alpha1.SandboxNode{ObjectMeta: metav1.ObjectMeta{Name: name}}
-		created, err := cl.sbx.SandboxV1alpha1().SandboxNodes().Create(ctx, sn, metav1.CreateOptions{})
-		if err != nil {
-			return nil, fmt.Errorf("failed to create SandboxNode %s: %w", name, err)
-		}
-		created.Status = sandboxv1alpha1.SandboxNodeStatus{
-			Capacity:    res,
-			Allocatable: res,
-			Accelerator: sandboxv1alpha1.AcceleratorTCG,
-			Versions:    sandboxv1alpha1.NodeVersions{Agent: "placebench"},
-			Conditions: []metav1.Condition{{
-				Type: sandboxv1alpha1.NodeConditionReady, Status: metav1.ConditionTrue,
-				Reason: "AgentReady", Message: "placebench stand-in agent", LastTransitionTime: metav1.Now(),
-			}},
-		}
-		if _, err := cl.sbx.SandboxV1alpha1().SandboxNodes().UpdateStatus(ctx, created, metav1.UpdateOptions{}); err != nil {
-			return nil, fmt.Errorf("failed to set the status of SandboxNode %s: %w", name, err)
-		}
-		now := metav1.NowMicro()
-		l := &coordinationv1.Lease{
-			ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: leaseNamespace},
-			Spec: coordinationv1.LeaseSpec{
-				HolderIdentity:       ptr.To(name),
-				LeaseDurationSeconds: ptr.To(int32(leaseDurationSeconds)),
-				AcquireTime:          &now,
-				RenewTime:            &now,
-			},
-		}
-		if _, err := cl.kube.CoordinationV1().Leases(leaseNamespace).Create(ctx, l, metav1.CreateOptions{}); err != nil {
-			return nil, fmt.Errorf("failed to create Lease %s: %w", name, err)
+		if err := standin.Register(ctx, cl.ctrl, leaseNamespace, standin.Node{Name: name, Allocatable: res,
+			Agent: "placebench", LeaseDuration: leaseDurationSeconds * time.Second}); err != nil {
+			return nil, err
 		}
 		names = append(names, name)
 	}
@@ -150,27 +132,12 @@ func (cl *cluster) createNodes(ctx context.Context, n, slots int) ([]string, err
 // node agents would. The first error is sent on the returned channel.
 func (cl *cluster) renewLeases(ctx context.Context, names []string, period time.Duration) <-chan error {
 	errs := make(chan error, 1)
-	go func() {
-		t := time.NewTicker(period)
-		defer t.Stop()
-		for {
-			select {
-			case <-ctx.Done():
-				return
-			case <-t.C:
-			}
-			for _, n := range names {
-				patch := fmt.Sprintf(`{"spec":{"renewTime":%q}}`, metav1.NowMicro().UTC().Format(metav1.RFC3339Micro))
-				if _, err := cl.kube.CoordinationV1().Leases(leaseNamespace).Patch(ctx, n, types.MergePatchType,
-					[]byte(patch), metav1.PatchOptions{}); err != nil && ctx.Err() == nil {
-					select {
-					case errs <- fmt.Errorf("failed to renew Lease %s: %w", n, err):
-					default:
-					}
-				}
-			}
+	go standin.KeepRenewing(ctx, cl.ctrl, leaseNamespace, func() []string { return names }, period, func(err error) {
+		select {
+		case errs <- err:
+		default:
 		}
-	}()
+	})
 	return errs
 }
 
