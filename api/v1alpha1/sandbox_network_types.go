@@ -205,7 +205,7 @@ type DNSConfig struct {
 	// +listType=atomic
 	// +kubebuilder:validation:MaxItems=3
 	// +kubebuilder:validation:items:MaxLength=64
-	// +kubebuilder:validation:XValidation:rule="self.all(n, isIP(n) || (n.contains(':') && isIP(n.substring(0, n.lastIndexOf(':')).replace('[', '').replace(']', ''))))",message="each nameserver must be an IP address, optionally with :port"
+	// +kubebuilder:validation:XValidation:rule="self.all(n, isIP(n) || (n.contains(':') && isIP(n.substring(0, n.lastIndexOf(':')).replace('[', '').replace(']', '')) && n.substring(n.lastIndexOf(':') + 1).matches('^[0-9]{1,5}$') && int(n.substring(n.lastIndexOf(':') + 1)) >= 1 && int(n.substring(n.lastIndexOf(':') + 1)) <= 65535))",message="each nameserver must be an IP address, optionally with :port (1-65535)"
 	Nameservers []string `json:"nameservers,omitempty"`
 
 	// rebindProtection drops answers that point public names at private,

@@ -705,12 +705,22 @@ func invalidCases() []invalidCase {
 			mutate: func(s *sandboxv1alpha1.Sandbox) {
 				s.Spec.Network = &sandboxv1alpha1.NetworkSpec{DNS: &sandboxv1alpha1.DNSConfig{Nameservers: []string{"dns.google"}}}
 			},
-			want: []string{"spec.network.dns.nameservers", "each nameserver must be an IP address, optionally with :port"}},
+			want: []string{"spec.network.dns.nameservers", "each nameserver must be an IP address, optionally with :port (1-65535)"}},
 		{name: "a nameserver host name with a port is rejected",
 			mutate: func(s *sandboxv1alpha1.Sandbox) {
 				s.Spec.Network = &sandboxv1alpha1.NetworkSpec{DNS: &sandboxv1alpha1.DNSConfig{Nameservers: []string{"1.1.1.1", "dns.google:53"}}}
 			},
-			want: []string{"spec.network.dns.nameservers", "each nameserver must be an IP address, optionally with :port"}},
+			want: []string{"spec.network.dns.nameservers", "each nameserver must be an IP address, optionally with :port (1-65535)"}},
+		{name: "a nameserver with a port that is not a number is rejected",
+			mutate: func(s *sandboxv1alpha1.Sandbox) {
+				s.Spec.Network = &sandboxv1alpha1.NetworkSpec{DNS: &sandboxv1alpha1.DNSConfig{Nameservers: []string{"1.1.1.1:abc"}}}
+			},
+			want: []string{"spec.network.dns.nameservers", "each nameserver must be an IP address, optionally with :port (1-65535)"}},
+		{name: "a nameserver with port 99999 is rejected",
+			mutate: func(s *sandboxv1alpha1.Sandbox) {
+				s.Spec.Network = &sandboxv1alpha1.NetworkSpec{DNS: &sandboxv1alpha1.DNSConfig{Nameservers: []string{"10.0.0.2:99999"}}}
+			},
+			want: []string{"spec.network.dns.nameservers", "each nameserver must be an IP address, optionally with :port (1-65535)"}},
 		{name: "more than 3 nameservers are rejected",
 			mutate: func(s *sandboxv1alpha1.Sandbox) {
 				s.Spec.Network = &sandboxv1alpha1.NetworkSpec{DNS: &sandboxv1alpha1.DNSConfig{Nameservers: []string{"1.1.1.1", "1.0.0.1", "8.8.8.8", "8.8.4.4"}}}
