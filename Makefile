@@ -44,7 +44,7 @@ vet: ## Run go vet.
 
 .PHONY: lint
 lint: $(BIN)/golangci-lint ## Run golangci-lint (.golangci.yml).
-	$(BIN)/golangci-lint run ./...
+	$(BIN)/golangci-lint run --build-tags e2e ./...
 
 $(BIN)/golangci-lint: hack/tools/lint/go.mod
 	cd hack/tools/lint && go build -o $(BIN)/golangci-lint github.com/golangci/golangci-lint/v2/cmd/golangci-lint
@@ -57,11 +57,12 @@ verify: ## Regenerate everything and fail if the committed files differ.
 ##@ Test
 
 .PHONY: test
-test: control-plane tools vet build ## Run everything CI runs: unit, envtest and fuzz tests against a real kube-apiserver + etcd, the verify check and a `make dev` smoke run.
+test: control-plane tools vet build ## Run everything CI runs: unit, envtest and fuzz tests against a real kube-apiserver + etcd, the verify check, a `make dev` smoke run and the e2e suite.
 	go test $(GO_TEST_FLAGS) ./...
 	go test -run '^$$' -fuzz FuzzDerivePhase -fuzztime $(FUZZ_TIME) ./api/v1alpha1/
 	hack/test-verify.sh
 	DEV_SMOKE=1 DEV_DIR=bin/dev-smoke hack/dev.sh
+	go test $(GO_TEST_FLAGS) -tags e2e -timeout 20m ./test/e2e/
 
 .PHONY: test-e2e
 test-e2e: control-plane build ## Run the end-to-end suite (control plane + manager as processes).

@@ -1,0 +1,191 @@
+//go:build e2e
+
+// Package e2e runs sandbox-operator end to end, as processes: a real
+// kube-apiserver + etcd (controller-runtime's envtest, the binaries
+// hack/build-control-plane.sh built), the RBAC and samples applied with
+// kubectl, and bin/manager as a separate OS process with leader election,
+// authenticated as the ServiceAccount config/rbac binds its roles to (so
+// the manifests are shown to be sufficient, not just well-formed); kubectl
+// and the test's own clients act as an admin user (system:masters).
+// The test stands in for the node agents (it registers SandboxNodes, renews
+// their Leases and reports VM observations with server-side apply), since
+// the agent does not exist yet.
+//
+// Run it with `make test-e2e`, or after `make build`:
+//
+//	go test -count=1 -tags e2e -timeout 20m ./test/e2e/ -v -ginkgo.v
+//
+// The work directory (kubeconfigs, manifests, manager.log) is removed after
+// a passing run and kept after a failing one, or always with
+// E2E_KEEP_WORKDIR=1.
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	. "github.com/onsi/ginkgo/v2"
+	. "github.com/onsi/gomega"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	utilruntime "k8s.io/apimachinery/pkg/util/runtime"
+	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/envtest"
+
+	sandboxv1alpha1 "github.com/microvm-dev/sandbox-operator/api/v1alpha1"
+	"github.com/microvm-dev/sandbox-operator/pkg/client/clientset/versioned"
+)
+
+const (
+	// leaseNamespace holds the node Leases and the manager's leader
+	// election Lease (the manager's defaults).
+	leaseNamespace = "sandbox-system"
+	// leaderElectionID is the manager's leader election Lease name
+	// (cmd/manager/main.go).
+	leaderElectionID = "sandbox-manager.sandbox.microvm.dev"
+	// sampleNamespace is where config/samples puts its Sandboxes.
+	sampleNamespace = "default"
+	// managerServiceAccount is the subject config/rbac binds the manager's
+	// roles to.
+	managerServiceAccount = "sandbox-manager"
+
+	// Stand-in node agents: a 6 s Lease renewed every 2 s.
+	nodeLeaseDuration = 6 * time.Second
+	leaseRenewEvery   = 2 * time.Second
+	// The manager's timing flags: short, so that node loss and restarts
+	// happen within a spec.
+	nodeLostGrace  = 3 * time.Second
+	restartBackoff = 500 * time.Millisecond
+
+	// Each stand-in node offers 4 vCPUs, 8 GiB and 8 sandbox slots.
+	nodeCPUs      = 4
+	nodeMemoryMiB = 8192
+	nodeSlots     = 8
+)
+
+var (
+	testEnv *envtest.Environment
+	// k8sClient reads and writes straight to the API server as the admin
+	// user (no cache): assertions see what is stored.
+	k8sClient client.Client
+	// sbxClientset is the generated typed clientset (pkg/client), as users
+	// of the API would watch Sandboxes.
+	sbxClientset versioned.Interface
+
+	// workDir holds the kubeconfig, the manifests the specs write and the
+	// manager's log; kept when a spec failed.
+	workDir        string
+	kubeconfigPath string
+	// managerKubeconfigPath authenticates as the manager's ServiceAccount.
+	managerKubeconfigPath string
+	kubectlPath           string
+	managerBin            string
+
+	mgr    *managerProcess
+	agents *nodeAgents
+
+	anySpecFailed bool
+)
+
+func TestE2E(t *testing.T) {
+	RegisterFailHandler(Fail)
+	RunSpecs(t, "sandbox-operator e2e suite")
+}
+
+var _ = BeforeSuite(func() {
+	SetDefaultEventuallyTimeout(30 * time.Second)
+	SetDefaultEventuallyPollingInterval(200 * time.Millisecond)
+	SetDefaultConsistentlyDuration(3 * time.Second)
+	SetDefaultConsistentlyPollingInterval(200 * time.Millisecond)
+
+	// KUBEBUILDER_ASSETS (the Makefile sets it) wins; this default lets a
+	// plain `go test` find the binaries hack/build-control-plane.sh built.
+	assets := os.Getenv("KUBEBUILDER_ASSETS")
+	if assets == "" {
+		assets = filepath.Join("..", "..", "bin", "k8s")
+	}
+	var err error
+	assets, err = filepath.Abs(assets)
+	Expect(err).NotTo(HaveOccurred())
+	for _, b := range []string{"kube-apiserver", "etcd", "kubectl"} {
+		if err := errIfMissing(filepath.Join(assets, b), "run `make control-plane` or set KUBEBUILDER_ASSETS"); err != nil {
+			Fail(err.Error())
+		}
+	}
+	kubectlPath = filepath.Join(assets, "kubectl")
+	managerBin, err = filepath.Abs(filepath.Join("..", "..", "bin", "manager"))
+	Expect(err).NotTo(HaveOccurred())
+	if err := errIfMissing(managerBin, "run `make build` (or `make test-e2e`, which builds it)"); err != nil {
+		Fail(err.Error())
+	}
+
+	workDir, err = os.MkdirTemp("", "sandbox-e2e-")
+	Expect(err).NotTo(HaveOccurred())
+	fmt.Fprintf(GinkgoWriter, "work directory (kubeconfig, manifests, manager.log): %s\n", workDir)
+
+	scheme := runtime.NewScheme()
+	utilruntime.Must(clientgoscheme.AddToScheme(scheme))
+	utilruntime.Must(sandboxv1alpha1.AddToScheme(scheme))
+
+	By("starting kube-apiserver and etcd with the CRDs")
+	testEnv = &envtest.Environment{
+		CRDDirectoryPaths:     []string{filepath.Join("..", "..", "config", "crd", "bases")},
+		ErrorIfCRDPathMissing: true,
+		BinaryAssetsDirectory: assets,
+		Scheme:                scheme,
+	}
+	_, err = testEnv.Start()
+	Expect(err).NotTo(HaveOccurred())
+
+	By("adding an admin user (system:masters) and writing its kubeconfig")
+	admin, err := testEnv.AddUser(envtest.User{Name: "e2e-admin", Groups: []string{"system:masters"}}, nil)
+	Expect(err).NotTo(HaveOccurred())
+	kubeconfig, err := admin.KubeConfig()
+	Expect(err).NotTo(HaveOccurred())
+	kubeconfigPath = filepath.Join(workDir, "kubeconfig")
+	Expect(os.WriteFile(kubeconfigPath, kubeconfig, 0o600)).To(Succeed())
+
+	By("adding the manager's ServiceAccount identity, bound to nothing but config/rbac")
+	sa, err := testEnv.AddUser(envtest.User{Name: "system:serviceaccount:" + leaseNamespace + ":" + managerServiceAccount,
+		Groups: []string{"system:serviceaccounts", "system:serviceaccounts:" + leaseNamespace}}, nil)
+	Expect(err).NotTo(HaveOccurred())
+	saKubeconfig, err := sa.KubeConfig()
+	Expect(err).NotTo(HaveOccurred())
+	managerKubeconfigPath = filepath.Join(workDir, "manager.kubeconfig")
+	Expect(os.WriteFile(managerKubeconfigPath, saKubeconfig, 0o600)).To(Succeed())
+
+	k8sClient, err = client.New(admin.Config(), client.Options{Scheme: scheme})
+	Expect(err).NotTo(HaveOccurred())
+	sbxClientset, err = versioned.NewForConfig(admin.Config())
+	Expect(err).NotTo(HaveOccurred())
+
+	By("creating namespace " + leaseNamespace)
+	Expect(k8sClient.Create(context.Background(), &corev1.Namespace{
+		ObjectMeta: metav1.ObjectMeta{Name: leaseNamespace}})).To(Succeed())
+})
+
+var _ = AfterSuite(func() {
+	agents.stop()
+	if mgr != nil && mgr.running() {
+		By("stopping the manager (SIGTERM)")
+		err := mgr.stop(15 * time.Second)
+		Expect(err).NotTo(HaveOccurred(), "manager log:\n%s", mgr.logTail(40))
+	}
+	if testEnv != nil {
+		By("stopping kube-apiserver and etcd")
+		Expect(testEnv.Stop()).To(Succeed())
+	}
+	if workDir != "" {
+		if anySpecFailed || os.Getenv("E2E_KEEP_WORKDIR") != "" {
+			fmt.Fprintf(GinkgoWriter, "keeping %s (a spec failed)\n", workDir)
+		} else {
+			_ = os.RemoveAll(workDir)
+		}
+	}
+})
