@@ -33,7 +33,7 @@ func TestActionableChange(t *testing.T) {
 		}, false},
 		{"a spec change is news", func(s *sandboxv1alpha1.Sandbox) { s.Generation = 2 }, true},
 		{"the agent's VM report is news", func(s *sandboxv1alpha1.Sandbox) { s.Status.VM.State = sandboxv1alpha1.VMRunning }, true},
-		{"a new run is news", func(s *sandboxv1alpha1.Sandbox) { s.Status.Run = 2 }, true},
+		{"a new run (the manager's own write) is not news", func(s *sandboxv1alpha1.Sandbox) { s.Status.Run = 2 }, false},
 		{"deletion is news", func(s *sandboxv1alpha1.Sandbox) { s.DeletionTimestamp = &now }, true},
 	}
 	for _, tt := range tests {

@@ -144,6 +144,9 @@ func (r *SandboxReconciler) reconcileNormal(ctx context.Context, s *scope) (ctrl
 		r.enforceMaxDuration,
 		r.restartOrStart,
 		r.place,
+		// Again, for a run placed in this pass: its node-loss timer. The
+		// manager's own status write brings no further pass.
+		r.checkNode,
 		r.deleteEphemeral,
 	}
 	var errs []error
@@ -290,8 +293,7 @@ func actionableChange(old, cur *sandboxv1alpha1.Sandbox) bool {
 		// Finalizers matter while deleting (the agent removing its own);
 		// before that the only change is the manager's own patch.
 		(cur.DeletionTimestamp != nil && !slices.Equal(old.Finalizers, cur.Finalizers)) ||
-		!apiequality.Semantic.DeepEqual(old.Status.VM, cur.Status.VM) ||
-		old.Status.Run != cur.Status.Run
+		!apiequality.Semantic.DeepEqual(old.Status.VM, cur.Status.VM)
 }
 
 // holdsCapacity reports whether a sandbox counts against its node (see claims).
