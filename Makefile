@@ -60,6 +60,7 @@ verify: ## Regenerate everything and fail if the committed files differ.
 test: control-plane tools vet build ## Run everything CI runs: unit, envtest and fuzz tests against a real kube-apiserver + etcd, the verify check, a `make dev` smoke run and the e2e suite.
 	go test $(GO_TEST_FLAGS) ./...
 	go test -run '^$$' -fuzz FuzzDerivePhase -fuzztime $(FUZZ_TIME) ./api/v1alpha1/
+	go test -run '^$$' -fuzz FuzzReadFrame -fuzztime $(FUZZ_TIME) ./internal/guest/protocol/
 	hack/test-verify.sh
 	DEV_SMOKE=1 DEV_DIR=bin/dev-smoke hack/dev.sh
 	go test $(GO_TEST_FLAGS) -tags e2e -timeout 20m ./test/e2e/

@@ -1,0 +1,203 @@
+// Package protocol is the host↔guest wire protocol between the node agent
+// and sandbox-init (PID 1 in the guest), carried over a virtio-serial port
+// (or vsock where the host has it).
+//
+// A connection is a sequence of frames:
+//
+//	+----------------+----------------+--------+--------+-----------------+
+//	| length  u32 BE | stream  u32 BE | type u8| flags u8| payload (length)|
+//	+----------------+----------------+--------+--------+-----------------+
+//
+// length counts the payload only and is at most MaxPayload. stream
+// multiplexes concurrent sessions (an exec, a file transfer) over the one
+// port; stream 0 is the control stream. Control messages carry JSON
+// payloads; data frames (stdout, stdin, file bytes) carry raw bytes.
+//
+// Versioning: the guest's first frame is Hello with its protocol version;
+// the host answers HelloAck with the version both will speak
+// (min(host, guest)). Message types are only ever added, each with the
+// version that introduced it; a peer ignores a type it does not know unless
+// the frame asks for an answer.
+package protocol
+
+import (
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+)
+
+// Version is the protocol version this package speaks.
+const Version = 1
+
+// MaxPayload bounds a frame's payload: large transfers are split into
+// frames, so that one session cannot starve the others on the port.
+const MaxPayload = 1 << 20
+
+// headerSize is the fixed size of a frame header.
+const headerSize = 10
+
+// Type is a frame's message type.
+type Type uint8
+
+// Message types (version 1).
+const (
+	// TypeHello (guest → host, stream 0, JSON Hello): the guest agent is up.
+	TypeHello Type = 1
+	// TypeHelloAck (host → guest, stream 0, JSON HelloAck): the agreed version.
+	TypeHelloAck Type = 2
+	// TypeShutdown (host → guest, stream 0, JSON Shutdown): stop the sandbox.
+	TypeShutdown Type = 3
+	// TypeExit (guest → host, stream 0, JSON Exit): the main process ended.
+	TypeExit Type = 4
+	// TypeError (either way, any stream, JSON Error): a request failed.
+	TypeError Type = 5
+	// TypeExec (host → guest, new stream, JSON Exec): start a process.
+	TypeExec Type = 16
+	// TypeStdin (host → guest, raw): input for a process; FlagEnd closes it.
+	TypeStdin Type = 17
+	// TypeStdout (guest → host, raw): a process's standard output.
+	TypeStdout Type = 18
+	// TypeStderr (guest → host, raw): a process's standard error.
+	TypeStderr Type = 19
+	// TypeExited (guest → host, JSON Exit): a process ended; ends the stream.
+	TypeExited Type = 20
+	// TypeSignal (host → guest, JSON Signal): signal a process.
+	TypeSignal Type = 21
+)
+
+// Flags modify a frame.
+type Flags uint8
+
+const (
+	// FlagEnd marks the last frame of its direction of a stream (EOF).
+	FlagEnd Flags = 1 << 0
+)
+
+// Frame is one message on the wire.
+type Frame struct {
+	Stream  uint32
+	Type    Type
+	Flags   Flags
+	Payload []byte
+}
+
+// ErrFrameTooLarge is returned for a frame whose payload exceeds MaxPayload.
+var ErrFrameTooLarge = errors.New("protocol: frame payload exceeds MaxPayload")
+
+// WriteFrame writes f to w in one Write call (so that concurrent writers
+// serialised by a mutex never interleave a frame).
+func WriteFrame(w io.Writer, f Frame) error {
+	if len(f.Payload) > MaxPayload {
+		return ErrFrameTooLarge
+	}
+	buf := make([]byte, headerSize+len(f.Payload))
+	binary.BigEndian.PutUint32(buf[0:4], uint32(len(f.Payload)))
+	binary.BigEndian.PutUint32(buf[4:8], f.Stream)
+	buf[8] = byte(f.Type)
+	buf[9] = byte(f.Flags)
+	copy(buf[headerSize:], f.Payload)
+	_, err := w.Write(buf)
+	return err
+}
+
+// ReadFrame reads one frame from r. It returns io.EOF only when r ends
+// cleanly between frames, io.ErrUnexpectedEOF inside one, and
+// ErrFrameTooLarge (without reading the payload) for an oversized length.
+func ReadFrame(r io.Reader) (Frame, error) {
+	var hdr [headerSize]byte
+	if _, err := io.ReadFull(r, hdr[:]); err != nil {
+		return Frame{}, err
+	}
+	n := binary.BigEndian.Uint32(hdr[0:4])
+	if n > MaxPayload {
+		return Frame{}, fmt.Errorf("%w: %d bytes", ErrFrameTooLarge, n)
+	}
+	f := Frame{Stream: binary.BigEndian.Uint32(hdr[4:8]), Type: Type(hdr[8]), Flags: Flags(hdr[9])}
+	if n > 0 {
+		f.Payload = make([]byte, n)
+		if _, err := io.ReadFull(r, f.Payload); err != nil {
+			if errors.Is(err, io.EOF) {
+				err = io.ErrUnexpectedEOF
+			}
+			return Frame{}, err
+		}
+	}
+	return f, nil
+}
+
+// Hello is the guest's first message.
+type Hello struct {
+	// Version is the guest's protocol version.
+	Version int `json:"version"`
+	// Agent names the guest agent and its build.
+	Agent string `json:"agent"`
+	// BootNanos is the guest's CLOCK_BOOTTIME when the agent started.
+	BootNanos int64 `json:"bootNanos"`
+}
+
+// HelloAck is the host's answer to Hello.
+type HelloAck struct {
+	// Version is the version both peers speak from now on.
+	Version int `json:"version"`
+}
+
+// Shutdown asks the guest to stop the sandbox.
+type Shutdown struct {
+	// GraceMillis is how long processes get between SIGTERM and SIGKILL.
+	GraceMillis int64 `json:"graceMillis"`
+}
+
+// Exit reports the end of a process.
+type Exit struct {
+	// Code is the exit code; -1 when the process was killed by a signal.
+	Code int `json:"code"`
+	// Signal is the signal that killed it, if any.
+	Signal string `json:"signal,omitempty"`
+}
+
+// Exec starts a process in the guest.
+type Exec struct {
+	Argv []string `json:"argv"`
+	Env  []string `json:"env,omitempty"`
+	Dir  string   `json:"dir,omitempty"`
+	User string   `json:"user,omitempty"`
+}
+
+// Signal signals a process.
+type Signal struct {
+	Signal string `json:"signal"`
+}
+
+// Error reports a failed request.
+type Error struct {
+	Message string `json:"message"`
+}
+
+// Encode marshals a control message into a frame.
+func Encode(stream uint32, t Type, msg any) (Frame, error) {
+	b, err := json.Marshal(msg)
+	if err != nil {
+		return Frame{}, fmt.Errorf("protocol: encoding type %d: %w", t, err)
+	}
+	return Frame{Stream: stream, Type: t, Payload: b}, nil
+}
+
+// Decode unmarshals a control message's payload; the error names the
+// frame's type and stream.
+func Decode(f Frame, msg any) error {
+	if err := json.Unmarshal(f.Payload, msg); err != nil {
+		return fmt.Errorf("protocol: decoding type %d on stream %d: %w", f.Type, f.Stream, err)
+	}
+	return nil
+}
+
+// Negotiate returns the version two peers speak, or an error when they
+// share none (a guest older than version 1 does not exist).
+func Negotiate(host, guest int) (int, error) {
+	if guest < 1 {
+		return 0, fmt.Errorf("protocol: guest speaks version %d, host needs at least 1", guest)
+	}
+	return min(host, guest), nil
+}
