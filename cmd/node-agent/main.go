@@ -1,0 +1,51 @@
+// Command node-agent runs on every node that hosts sandboxes (a privileged
+// DaemonSet): it registers the node's SandboxNode, renews its heartbeat
+// Lease and, with the VM runtime, boots the node's Sandboxes.
+package main
+
+import (
+	"flag"
+	"os"
+
+	_ "k8s.io/client-go/plugin/pkg/client/auth"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/log/zap"
+
+	"github.com/microvm-dev/sandbox-operator/internal/nodeagent"
+)
+
+func main() {
+	args := nodeagent.DefaultArgs()
+	flag.StringVar(&args.NodeName, "node-name", os.Getenv("NODE_NAME"), "This node's name (default $NODE_NAME, from the downward API).")
+	flag.StringVar(&args.LeaseNamespace, "lease-namespace", args.LeaseNamespace, "Namespace of the heartbeat Lease.")
+	flag.DurationVar(&args.LeaseDuration, "lease-duration", args.LeaseDuration, "How long one Lease renewal vouches for the node.")
+	flag.DurationVar(&args.RenewInterval, "lease-renew-interval", args.RenewInterval, "Mean time between Lease renewals (jittered).")
+	flag.BoolVar(&args.AllowEmulation, "allow-emulation", false, "Run VMs with QEMU's TCG emulation when /dev/kvm is not usable (slow; development and CI).")
+	var reserveCPUs int
+	flag.IntVar(&reserveCPUs, "reserve-cpus", int(args.Reserve.CPUs), "CPUs kept back from sandboxes for the host and the agent.")
+	flag.Int64Var(&args.Reserve.MemoryMiB, "reserve-memory-mib", args.Reserve.MemoryMiB, "Memory (MiB) kept back from sandboxes.")
+	var maxSandboxes int
+	flag.IntVar(&maxSandboxes, "max-sandboxes", int(args.MaxSandboxes), "Sandbox slots of the node.")
+	flag.StringVar(&args.KVMPath, "kvm-device", args.KVMPath, "The KVM device.")
+	flag.StringVar(&args.QEMUBinary, "qemu", args.QEMUBinary, "The QEMU binary.")
+	flag.StringVar(&args.MetricsAddr, "metrics-bind-address", args.MetricsAddr, "The address the metrics endpoint binds to (0 disables it).")
+	flag.StringVar(&args.ProbeAddr, "health-probe-bind-address", args.ProbeAddr, "The address the health probe endpoint binds to.")
+	opts := zap.Options{Development: true}
+	opts.BindFlags(flag.CommandLine)
+	flag.Parse()
+	ctrl.SetLogger(zap.New(zap.UseFlagOptions(&opts)))
+	args.Reserve.CPUs = int32(reserveCPUs)
+	args.MaxSandboxes = int32(maxSandboxes)
+
+	setupLog := ctrl.Log.WithName("setup")
+	agent, err := nodeagent.New(nodeagent.WithArgs(args))
+	if err != nil {
+		setupLog.Error(err, "Failed to create the node agent")
+		os.Exit(1)
+	}
+	setupLog.Info("Starting node agent", "node", args.NodeName)
+	if err := agent.Run(ctrl.SetupSignalHandler()); err != nil {
+		setupLog.Error(err, "Failed to run the node agent")
+		os.Exit(1)
+	}
+}

@@ -1,0 +1,157 @@
+package nodeagent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	coordinationv1 "k8s.io/api/coordination/v1"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/fields"
+	"k8s.io/apimachinery/pkg/runtime"
+	utilruntime "k8s.io/apimachinery/pkg/util/runtime"
+	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
+	"k8s.io/client-go/rest"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/cache"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/healthz"
+	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
+
+	sandboxv1alpha1 "github.com/microvm-dev/sandbox-operator/api/v1alpha1"
+)
+
+// RBAC of the node agent (config/rbac/node-agent). Narrowing writes to its
+// own node's objects is the admission policy's job (a later issue).
+// +kubebuilder:rbac:groups=sandbox.microvm.dev,resources=sandboxnodes,verbs=get;list;watch;create;patch;update
+// +kubebuilder:rbac:groups=sandbox.microvm.dev,resources=sandboxnodes/status,verbs=get;patch;update
+// +kubebuilder:rbac:groups=sandbox.microvm.dev,resources=sandboxes,verbs=get;list;watch;patch;update
+// +kubebuilder:rbac:groups=sandbox.microvm.dev,resources=sandboxes/status,verbs=get;patch;update
+// +kubebuilder:rbac:groups=coordination.k8s.io,resources=leases,verbs=get;list;watch;create;update;patch
+// +kubebuilder:rbac:groups="",resources=nodes,verbs=get;list;watch
+
+// Args configure an Agent.
+type Args struct {
+	// NodeName is this node's name (the downward API's spec.nodeName).
+	NodeName string
+	// LeaseNamespace holds the heartbeat Lease (named after the node).
+	LeaseNamespace string
+	// LeaseDuration is how long one renewal vouches for the node.
+	LeaseDuration time.Duration
+	// RenewInterval is the mean time between renewals (jittered by 20%).
+	RenewInterval time.Duration
+	// Reserve is kept back from the host's capacity.
+	Reserve Reserve
+	// MaxSandboxes is the node's sandbox slots.
+	MaxSandboxes int32
+	// AllowEmulation lets the node run VMs with QEMU's TCG when /dev/kvm is
+	// not usable (much slower; for development and CI).
+	AllowEmulation bool
+	// KVMPath and QEMUBinary locate the accelerator and the VMM.
+	KVMPath, QEMUBinary string
+	// MetricsAddr and ProbeAddr are the manager's endpoints ("0" disables).
+	MetricsAddr, ProbeAddr string
+	// Labels are added to the SandboxNode, over the Node's labels.
+	Labels map[string]string
+}
+
+// DefaultArgs are the flags' defaults.
+func DefaultArgs() Args {
+	return Args{
+		LeaseNamespace: "sandbox-system",
+		LeaseDuration:  40 * time.Second,
+		RenewInterval:  10 * time.Second,
+		Reserve:        Reserve{CPUs: 1, MemoryMiB: 1024},
+		MaxSandboxes:   110,
+		KVMPath:        "/dev/kvm",
+		QEMUBinary:     "qemu-system-x86_64",
+		MetricsAddr:    ":8090",
+		ProbeAddr:      ":8091",
+	}
+}
+
+// Option configures New.
+type Option func(*Agent)
+
+// WithArgs sets the agent's arguments.
+func WithArgs(a Args) Option { return func(ag *Agent) { ag.args = a } }
+
+// WithConfig sets the API server connection (default: ctrl.GetConfig).
+func WithConfig(c *rest.Config) Option { return func(ag *Agent) { ag.cfg = c } }
+
+// Agent is one node's agent.
+type Agent struct {
+	args Args
+	cfg  *rest.Config
+	mgr  ctrl.Manager
+}
+
+var errNoNodeName = errors.New("the node name is required (set NODE_NAME from the downward API, or --node-name)")
+
+// New builds an agent: a controller-runtime manager whose caches only see
+// this node's objects, with the heartbeat as a runnable.
+func New(opts ...Option) (*Agent, error) {
+	a := &Agent{args: DefaultArgs()}
+	for _, o := range opts {
+		o(a)
+	}
+	if a.args.NodeName == "" {
+		return nil, errNoNodeName
+	}
+	if a.cfg == nil {
+		cfg, err := ctrl.GetConfig()
+		if err != nil {
+			return nil, fmt.Errorf("failed to load a kubeconfig: %w", err)
+		}
+		a.cfg = cfg
+	}
+	scheme := runtime.NewScheme()
+	utilruntime.Must(clientgoscheme.AddToScheme(scheme))
+	utilruntime.Must(sandboxv1alpha1.AddToScheme(scheme))
+
+	node := a.args.NodeName
+	mgr, err := ctrl.NewManager(a.cfg, ctrl.Options{
+		Scheme:                 scheme,
+		Metrics:                metricsserver.Options{BindAddress: a.args.MetricsAddr},
+		HealthProbeBindAddress: a.args.ProbeAddr,
+		// One agent per node: nothing to elect.
+		LeaderElection: false,
+		Cache: cache.Options{
+			DefaultTransform: cache.TransformStripManagedFields(),
+			// Like virt-handler's host-scoped informer, each cache holds
+			// this node's objects only: its Sandboxes (status.nodeName is a
+			// CRD selectable field), its SandboxNode, its Node and Lease.
+			ByObject: map[client.Object]cache.ByObject{
+				&sandboxv1alpha1.Sandbox{}:     {Field: fields.OneTermEqualSelector("status.nodeName", node)},
+				&sandboxv1alpha1.SandboxNode{}: {Field: fields.OneTermEqualSelector("metadata.name", node)},
+				&corev1.Node{}:                 {Field: fields.OneTermEqualSelector("metadata.name", node)},
+				&coordinationv1.Lease{}: {
+					Namespaces: map[string]cache.Config{a.args.LeaseNamespace: {}},
+					Field:      fields.OneTermEqualSelector("metadata.name", node),
+				},
+			},
+		},
+	})
+	if err != nil {
+		return nil, fmt.Errorf("failed to create the manager: %w", err)
+	}
+	hb := &heartbeat{
+		client: mgr.GetAPIReader(), writer: mgr.GetClient(), args: a.args,
+		probe: func() Host { return ProbeHost(a.args.KVMPath, a.args.QEMUBinary, a.args.AllowEmulation) },
+	}
+	if err := mgr.Add(hb); err != nil {
+		return nil, fmt.Errorf("failed to add the heartbeat: %w", err)
+	}
+	if err := mgr.AddHealthzCheck("healthz", healthz.Ping); err != nil {
+		return nil, err
+	}
+	if err := mgr.AddReadyzCheck("readyz", hb.ready); err != nil {
+		return nil, err
+	}
+	a.mgr = mgr
+	return a, nil
+}
+
+// Run runs the agent until ctx ends.
+func (a *Agent) Run(ctx context.Context) error { return a.mgr.Start(ctx) }
