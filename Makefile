@@ -80,6 +80,7 @@ bench: control-plane build ## Run benchmarks; writes bench/results.json and benc
 .PHONY: build
 build: ## Build the manager and tools into bin/.
 	go build -o $(BIN)/manager ./cmd/manager
+	go build -o $(BIN)/node-agent ./cmd/node-agent
 	go build -o $(BIN)/watch-example ./examples/watch
 
 .PHONY: dev

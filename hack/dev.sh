@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # `make dev`: runs sandbox-operator locally as processes.
-#   1. kube-apiserver + etcd (built from Go modules) with the CRDs installed,
-#      and this machine registered as SandboxNode "local" (hack/devenv);
-#   2. the manager (bin/manager), with leader election, against it;
+#   1. kube-apiserver + etcd (built from Go modules) with the CRDs installed
+#      (hack/devenv);
+#   2. the manager (bin/manager), with leader election, and one node agent
+#      (bin/node-agent, node "local", TCG emulation allowed) against it;
 #   3. the samples in config/samples applied with kubectl.
 # Prints the KUBECONFIG to use, then runs until Ctrl-C.
 #
@@ -25,10 +26,10 @@ cleanup() {
 trap cleanup EXIT INT TERM
 
 go build -o bin/devenv ./hack/devenv
-bin/devenv --kubeconfig-out "$KUBECONFIG_FILE" >"$DEV_DIR/devenv.log" 2>&1 &
+bin/devenv --kubeconfig-out "$KUBECONFIG_FILE" --register-node=false >"$DEV_DIR/devenv.log" 2>&1 &
 pids+=($!)
 for _ in $(seq 1 120); do
-  [ -s "$KUBECONFIG_FILE" ] && grep -q "registered SandboxNode" "$DEV_DIR/devenv.log" && break
+  [ -s "$KUBECONFIG_FILE" ] && break
   if ! kill -0 "${pids[0]}" 2>/dev/null; then cat "$DEV_DIR/devenv.log" >&2; exit 1; fi
   sleep 0.5
 done
@@ -39,12 +40,16 @@ bin/manager --kubeconfig "$KUBECONFIG" --leader-elect --lease-namespace sandbox-
   --metrics-bind-address 127.0.0.1:8080 --health-probe-bind-address 127.0.0.1:8081 >"$DEV_DIR/manager.log" 2>&1 &
 pids+=($!)
 
+bin/node-agent --kubeconfig "$KUBECONFIG" --node-name local --allow-emulation \
+  --metrics-bind-address 127.0.0.1:8090 --health-probe-bind-address 127.0.0.1:8091 >"$DEV_DIR/node-agent.log" 2>&1 &
+pids+=($!)
+
 "$KUBECTL" apply -k config/samples/ >/dev/null
 
 cat <<MSG
 
 sandbox-operator is running locally.
-  control plane log: $DEV_DIR/devenv.log     manager log: $DEV_DIR/manager.log
+  logs: $DEV_DIR/devenv.log (control plane), $DEV_DIR/manager.log, $DEV_DIR/node-agent.log
   metrics:           http://127.0.0.1:8080/metrics
 
 Use it with:
@@ -52,8 +57,8 @@ Use it with:
   $KUBECTL get sandboxes,sandboxnodes -A
   $KUBECTL explain sandbox.spec.runtime
 
-The SandboxNode "local" is registered by hack/devenv as a stand-in for the node agent:
-placement is real, but no VM boots yet, so placed sandboxes stay in phase Starting.
+The node agent registers this machine as SandboxNode "local" and renews its Lease;
+it does not boot VMs yet, so placed sandboxes stay in phase Starting.
 MSG
 
 if [ "${DEV_SMOKE:-0}" = 1 ]; then

@@ -195,6 +195,14 @@ func TestAllocatable(t *testing.T) {
 		To(Equal(sandboxv1alpha1.NodeResources{}), "never below zero")
 }
 
+func TestKVMUsable(t *testing.T) {
+	g := NewWithT(t)
+	g.Expect(kvmUsable(filepath.Join(t.TempDir(), "missing"))).To(MatchError(os.ErrNotExist))
+	notKVM := filepath.Join(t.TempDir(), "kvm")
+	g.Expect(os.WriteFile(notKVM, nil, 0o600)).To(Succeed())
+	g.Expect(kvmUsable(notKVM)).To(MatchError(ContainSubstring("KVM_GET_API_VERSION")), "a file that is not a KVM device")
+}
+
 func TestMemTotalMiB(t *testing.T) {
 	g := NewWithT(t)
 	p := filepath.Join(t.TempDir(), "meminfo")

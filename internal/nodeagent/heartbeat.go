@@ -111,6 +111,13 @@ func (h *heartbeat) report(ctx context.Context, host Host, running bool) error {
 		return fmt.Errorf("failed to apply SandboxNode %s: %w", name, err)
 	}
 
+	// The Lease first: a SandboxNode reported Ready always has a live one.
+	if running {
+		if err := h.renew(ctx); err != nil {
+			return err
+		}
+	}
+
 	capacity := sandboxv1alpha1.NodeResources{CPUs: host.CPUs, MemoryMiB: host.MemoryMiB, Sandboxes: h.args.MaxSandboxes}
 	alloc := Allocatable(capacity, h.args.Reserve)
 	status, reason, msg := metav1.ConditionTrue, ReasonAgentReady, fmt.Sprintf("The agent runs VMs with %s", host.Accelerator)
@@ -133,9 +140,6 @@ func (h *heartbeat) report(ctx context.Context, host Host, running bool) error {
 	if err := h.writer.Status().Apply(ctx, sandboxv1alpha1ac.SandboxNode(name).WithStatus(st),
 		client.FieldOwner(sandboxv1alpha1.NodeAgentFieldOwner), client.ForceOwnership); err != nil {
 		return fmt.Errorf("failed to apply the status of SandboxNode %s: %w", name, err)
-	}
-	if running {
-		return h.renew(ctx)
 	}
 	return nil
 }

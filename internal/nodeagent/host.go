@@ -7,6 +7,7 @@ import (
 	"os/exec"
 	"runtime"
 	"strings"
+	"syscall"
 
 	sandboxv1alpha1 "github.com/microvm-dev/sandbox-operator/api/v1alpha1"
 )
@@ -26,8 +27,7 @@ type Host struct {
 // ProbeHost reads the host's CPUs and memory and probes /dev/kvm and QEMU.
 func ProbeHost(kvmPath, qemuBinary string, allowEmulation bool) Host {
 	h := Host{CPUs: int32(runtime.NumCPU()), MemoryMiB: memTotalMiB("/proc/meminfo")}
-	if f, err := os.OpenFile(kvmPath, os.O_RDWR, 0); err == nil {
-		_ = f.Close()
+	if err := kvmUsable(kvmPath); err == nil {
 		h.Accelerator = sandboxv1alpha1.AcceleratorKVMName
 	} else {
 		h.KVMError = err.Error()
@@ -37,6 +37,37 @@ func ProbeHost(kvmPath, qemuBinary string, allowEmulation bool) Host {
 	}
 	h.QEMU = qemuVersion(qemuBinary)
 	return h
+}
+
+// KVM ioctls (linux/kvm.h).
+const (
+	kvmGetAPIVersion = 0xAE00
+	kvmCreateVM      = 0xAE01
+	kvmAPIVersion    = 12
+)
+
+// kvmUsable checks that path is a KVM device this process can create a VM
+// with: opening it read-write is not enough (a device node can exist where
+// the CPU's virtualization is not exposed).
+func kvmUsable(path string) error {
+	f, err := os.OpenFile(path, os.O_RDWR|syscall.O_CLOEXEC, 0)
+	if err != nil {
+		return err
+	}
+	defer func() { _ = f.Close() }()
+	v, _, errno := syscall.Syscall(syscall.SYS_IOCTL, f.Fd(), kvmGetAPIVersion, 0)
+	if errno != 0 {
+		return fmt.Errorf("%s: KVM_GET_API_VERSION: %w", path, errno)
+	}
+	if v != kvmAPIVersion {
+		return fmt.Errorf("%s: KVM API version %d, want %d", path, v, kvmAPIVersion)
+	}
+	vm, _, errno := syscall.Syscall(syscall.SYS_IOCTL, f.Fd(), kvmCreateVM, 0)
+	if errno != 0 {
+		return fmt.Errorf("%s: KVM_CREATE_VM: %w", path, errno)
+	}
+	_ = syscall.Close(int(vm))
+	return nil
 }
 
 // memTotalMiB reads MemTotal from a meminfo file (0 when unreadable).
