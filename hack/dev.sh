@@ -26,7 +26,7 @@ cleanup() {
 trap cleanup EXIT INT TERM
 
 go build -o bin/devenv ./hack/devenv
-bin/devenv --kubeconfig-out "$KUBECONFIG_FILE" --register-node=false >"$DEV_DIR/devenv.log" 2>&1 &
+bin/devenv --kubeconfig-out "$KUBECONFIG_FILE" >"$DEV_DIR/devenv.log" 2>&1 &
 pids+=($!)
 for _ in $(seq 1 120); do
   [ -s "$KUBECONFIG_FILE" ] && break

@@ -1,20 +1,33 @@
 #!/usr/bin/env bash
 # Installs what building and testing sandbox-operator needs on a Debian 12
-# machine, idempotently. Today that is Go (expected at /usr/local/go), git
-# and make; the control plane is built from Go modules by
-# hack/build-control-plane.sh. (The node agent's QEMU, kernel and e2fsprogs
-# join this list with the node agent.)
+# machine, idempotently: git, make and gcc; QEMU (qemu-system-x86, for the
+# microVMs under TCG or KVM), e2fsprogs (mkfs.ext4 -d builds root disks),
+# lz4 (unpacks the guest kernel's vmlinux) and kmod (depmod for the guest
+# kernel's modules.dep). Go is expected at /usr/local/go; the control plane
+# is built from Go modules by hack/build-control-plane.sh and the guest
+# kernel is unpacked from Debian's package by hack/setup-guest-kernel.sh.
+#
+# As root, the missing packages are installed with one `apt-get update` and
+# one `apt-get install`; otherwise the script names them and fails. Nothing
+# is touched when everything is present.
 set -euo pipefail
-missing=()
-for cmd in git make gcc; do command -v "$cmd" >/dev/null 2>&1 || missing+=("$cmd")
+# command → Debian package providing it.
+declare -A pkg_of=(
+  [git]=git [make]=make [gcc]=build-essential
+  [qemu-system-x86_64]=qemu-system-x86 [mkfs.ext4]=e2fsprogs [lz4]=lz4 [depmod]=kmod
+)
+pkgs=()
+for cmd in git make gcc qemu-system-x86_64 mkfs.ext4 lz4 depmod; do
+  # depmod and mkfs.ext4 live in /usr/sbin, which a non-root PATH may lack.
+  command -v "$cmd" >/dev/null 2>&1 || [ -x "/usr/sbin/$cmd" ] || [ -x "/sbin/$cmd" ] || pkgs+=("${pkg_of[$cmd]}")
 done
-if [ ${#missing[@]} -gt 0 ]; then
-  pkgs=()
-  for m in "${missing[@]}"; do case $m in gcc) pkgs+=(build-essential) ;; *) pkgs+=("$m") ;; esac; done
+if [ ${#pkgs[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${pkgs[@]}"
+    echo "setup: installing ${pkgs[*]}" >&2
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${pkgs[@]}"
   else
-    echo "setup: missing ${missing[*]}; install them (apt-get install ${pkgs[*]})" >&2; exit 1
+    echo "setup: missing packages ${pkgs[*]}; install them (apt-get install ${pkgs[*]})" >&2; exit 1
   fi
 fi
 command -v go >/dev/null 2>&1 || { echo "setup: Go 1.26 is required (expected at /usr/local/go/bin/go)" >&2; exit 1; }

@@ -1,9 +1,8 @@
 // Command devenv runs the local control plane for `make dev`: a real
 // kube-apiserver + etcd (the binaries hack/build-control-plane.sh built),
 // with the project's CRDs installed and an admin kubeconfig written to
-// --kubeconfig-out. It also registers this machine as the SandboxNode
-// "local" and renews its Lease, standing in for the node agent until that
-// exists; pass --register-node=false to skip it.
+// --kubeconfig-out. (The node agent, bin/node-agent, registers the
+// machine as a SandboxNode; hack/dev.sh runs both.)
 //
 // It runs until interrupted, then stops the control plane.
 package main
@@ -15,9 +14,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
-	"runtime"
 	"syscall"
-	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -29,33 +26,28 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 
 	sandboxv1alpha1 "github.com/microvm-dev/sandbox-operator/api/v1alpha1"
-	"github.com/microvm-dev/sandbox-operator/internal/standin"
 )
 
 const (
 	leaseNamespace = "sandbox-system"
-	nodeName       = "local"
-	leaseSeconds   = 40
 )
 
 func main() {
 	var (
 		kubeconfigOut, assets, crdDir string
-		registerNode                  bool
 	)
 	flag.StringVar(&kubeconfigOut, "kubeconfig-out", "bin/dev/kubeconfig", "Where to write the admin kubeconfig.")
 	flag.StringVar(&assets, "assets", "bin/k8s", "Directory holding kube-apiserver, etcd and kubectl.")
 	flag.StringVar(&crdDir, "crds", "config/crd/bases", "Directory of the CRDs to install.")
-	flag.BoolVar(&registerNode, "register-node", true, "Register this machine as SandboxNode \"local\" and renew its Lease (a stand-in for the node agent).")
 	flag.Parse()
 
-	if err := run(kubeconfigOut, assets, crdDir, registerNode); err != nil {
+	if err := run(kubeconfigOut, assets, crdDir); err != nil {
 		fmt.Fprintln(os.Stderr, "devenv:", err)
 		os.Exit(1)
 	}
 }
 
-func run(kubeconfigOut, assets, crdDir string, registerNode bool) error {
+func run(kubeconfigOut, assets, crdDir string) error {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 
@@ -103,49 +95,6 @@ func run(kubeconfigOut, assets, crdDir string, registerNode bool) error {
 	}
 	fmt.Printf("devenv: kube-apiserver at %s, kubeconfig %s\n", user.Config().Host, kubeconfigOut)
 
-	if registerNode {
-		if err := standin.Register(ctx, c, leaseNamespace, localNode()); err != nil {
-			return err
-		}
-		fmt.Printf("devenv: registered SandboxNode %q (stand-in for the node agent; it runs no VMs)\n", nodeName)
-		standin.KeepRenewing(ctx, c, leaseNamespace, func() []string { return []string{nodeName} }, leaseSeconds/4*time.Second,
-			func(err error) { fmt.Fprintln(os.Stderr, "devenv:", err) })
-		return nil
-	}
 	<-ctx.Done()
 	return nil
-}
-
-// localNode describes this machine: its real CPU count and memory, minus 1
-// CPU and 1 GiB reserved, and kvm when /dev/kvm opens read-write.
-func localNode() standin.Node {
-	cpus := int32(runtime.NumCPU())
-	memMiB := hostMemoryMiB()
-	accel := sandboxv1alpha1.AcceleratorTCG
-	if f, err := os.OpenFile("/dev/kvm", os.O_RDWR, 0); err == nil {
-		_ = f.Close()
-		accel = sandboxv1alpha1.AcceleratorKVMName
-	}
-	return standin.Node{
-		Name:          nodeName,
-		Labels:        map[string]string{"kubernetes.io/hostname": nodeName},
-		Capacity:      &sandboxv1alpha1.NodeResources{CPUs: cpus, MemoryMiB: memMiB, Sandboxes: 110},
-		Allocatable:   sandboxv1alpha1.NodeResources{CPUs: max(cpus-1, 1), MemoryMiB: max(memMiB-1024, 0), Sandboxes: 110},
-		Accelerator:   accel,
-		Agent:         "hack/devenv",
-		LeaseDuration: leaseSeconds * time.Second,
-	}
-}
-
-// hostMemoryMiB reads MemTotal from /proc/meminfo (0 when unreadable).
-func hostMemoryMiB() int64 {
-	b, err := os.ReadFile("/proc/meminfo")
-	if err != nil {
-		return 0
-	}
-	var kb int64
-	if _, err := fmt.Sscanf(string(b), "MemTotal: %d kB", &kb); err != nil {
-		return 0
-	}
-	return kb / 1024
 }
