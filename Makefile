@@ -59,8 +59,8 @@ verify: ## Regenerate everything and fail if the committed files differ.
 ##@ Test
 
 .PHONY: test
-test: control-plane tools vet build ## Run everything CI runs: unit, envtest and fuzz tests against a real kube-apiserver + etcd, the verify check, a `make dev` smoke run and the e2e suite.
-	go test $(GO_TEST_FLAGS) ./...
+test: control-plane guest-kernel tools vet build ## Run everything CI runs: unit, envtest and fuzz tests against a real kube-apiserver + etcd, a real microVM boot (QEMU), the verify check, a `make dev` smoke run and the e2e suite.
+	SANDBOX_REQUIRE_VM=1 go test $(GO_TEST_FLAGS) ./...
 	go test -run '^$$' -fuzz FuzzDerivePhase -fuzztime $(FUZZ_TIME) ./api/v1alpha1/
 	go test -run '^$$' -fuzz FuzzReadFrame -fuzztime $(FUZZ_TIME) ./internal/guest/protocol/
 	hack/test-verify.sh
@@ -78,8 +78,9 @@ bench: control-plane build ## Run benchmarks; writes bench/results.json and benc
 ##@ Build
 
 .PHONY: build
-build: ## Build the manager and tools into bin/.
+build: ## Build the manager, the guest agent (static) and tools into bin/.
 	go build -o $(BIN)/manager ./cmd/manager
+	CGO_ENABLED=0 go build -o $(BIN)/sandbox-init ./cmd/sandbox-init
 	go build -o $(BIN)/node-agent ./cmd/node-agent
 	go build -o $(BIN)/watch-example ./examples/watch
 
@@ -92,6 +93,10 @@ dev: control-plane build ## Run it locally: kube-apiserver + etcd, CRDs, manager
 .PHONY: control-plane
 control-plane: ## Build kube-apiserver, etcd and kubectl from Go modules into bin/k8s (cached).
 	hack/build-control-plane.sh
+
+.PHONY: guest-kernel
+guest-kernel: ## Unpack Debian's cloud kernel (vmlinux + modules) for the microVMs into bin/guest (cached; needs hack/setup.sh's packages).
+	hack/setup-guest-kernel.sh
 
 .PHONY: tools
 tools: $(CONTROLLER_GEN) ## Build the code generators into bin/.

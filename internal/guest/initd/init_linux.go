@@ -1,0 +1,197 @@
+package initd
+
+import (
+	"bufio"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/microvm-dev/sandbox-operator/internal/guest/initramfs"
+)
+
+// portWait bounds the wait for the agent port after the modules are loaded
+// (it appears ~10 ms after virtio_console under TCG).
+const portWait = 10 * time.Second
+
+// Main is sandbox-init's PID 1: it never returns.
+func Main() {
+	boot := bootNanos()
+	logf := func(format string, args ...any) {
+		fmt.Fprintf(os.Stderr, "sandbox-init: "+format+"\n", args...)
+	}
+	err := run(boot, logf)
+	if errors.Is(err, ErrShutdown) {
+		logf("powering off")
+	} else {
+		logf("fatal: %v; powering off", err)
+	}
+	powerOff(logf)
+}
+
+func run(boot int64, logf func(string, ...any)) error {
+	if err := mountBasics(); err != nil {
+		return err
+	}
+	t0 := time.Now()
+	n, err := loadModules(initramfs.ModulesLoadPath)
+	if err != nil {
+		return err
+	}
+	logf("loaded %d modules in %v", n, time.Since(t0).Round(time.Millisecond))
+
+	cmdline, err := os.ReadFile("/proc/cmdline")
+	if err != nil {
+		return err
+	}
+	name := ParseCmdline(string(cmdline))[PortParam]
+	if name == "" {
+		return fmt.Errorf("no %s= on the kernel command line", PortParam)
+	}
+	port, err := openPort(name, portWait)
+	if err != nil {
+		return err
+	}
+	logf("agent port %s is %s", name, port.Name())
+	defer func() { _ = port.Close() }()
+
+	go watchPowerButton(logf)
+
+	s := &Session{Port: port, BootNanos: boot, Logf: logf}
+	return s.Serve()
+}
+
+// bootNanos reads CLOCK_BOOTTIME: the guest's time since the kernel started.
+func bootNanos() int64 {
+	var ts unix.Timespec
+	if err := unix.ClockGettime(unix.CLOCK_BOOTTIME, &ts); err != nil {
+		return 0
+	}
+	return ts.Nano()
+}
+
+func mountBasics() error {
+	for _, m := range []struct{ src, dst, fstype, data string }{
+		{"proc", "/proc", "proc", ""},
+		{"sysfs", "/sys", "sysfs", ""},
+		// The kernel does not mount devtmpfs into an initramfs by itself
+		// (DEVTMPFS_MOUNT applies to the root device only).
+		{"devtmpfs", "/dev", "devtmpfs", "mode=0755"},
+		{"tmpfs", "/tmp", "tmpfs", "mode=1777"},
+		{"tmpfs", "/run", "tmpfs", "mode=0755"},
+	} {
+		if err := os.MkdirAll(m.dst, 0o755); err != nil {
+			return err
+		}
+		if err := unix.Mount(m.src, m.dst, m.fstype, unix.MS_NOSUID, m.data); err != nil && !errors.Is(err, unix.EBUSY) {
+			return fmt.Errorf("mounting %s on %s: %w", m.fstype, m.dst, err)
+		}
+	}
+	return nil
+}
+
+// loadModules loads each module listed in file, in order. A module already
+// loaded (EEXIST) is fine.
+func loadModules(file string) (int, error) {
+	b, err := os.ReadFile(file)
+	if err != nil {
+		return 0, fmt.Errorf("reading the module list: %w", err)
+	}
+	n := 0
+	for _, p := range strings.Fields(string(b)) {
+		f, err := os.Open(p)
+		if err != nil {
+			return n, fmt.Errorf("loading module: %w", err)
+		}
+		err = unix.FinitModule(int(f.Fd()), "", 0)
+		_ = f.Close()
+		if err != nil && !errors.Is(err, unix.EEXIST) {
+			return n, fmt.Errorf("loading module %s: %w", p, err)
+		}
+		n++
+	}
+	return n, nil
+}
+
+// openPort waits for the virtio-serial port called name to appear and
+// opens its device node.
+func openPort(name string, timeout time.Duration) (*os.File, error) {
+	deadline := time.Now().Add(timeout)
+	for {
+		dev, err := FindPort("/sys", name)
+		if err != nil {
+			return nil, err
+		}
+		if dev != "" {
+			f, err := os.OpenFile(filepath.Join("/dev", dev), os.O_RDWR, 0)
+			if err == nil {
+				return f, nil
+			}
+			if !os.IsNotExist(err) || time.Now().After(deadline) {
+				return nil, fmt.Errorf("opening agent port %q: %w", name, err)
+			}
+		} else if time.Now().After(deadline) {
+			return nil, fmt.Errorf("no virtio-serial port named %q after %v", name, timeout)
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+}
+
+// Input event constants from <linux/input-event-codes.h>.
+const (
+	evKey    = 0x01
+	keyPower = 116
+)
+
+// watchPowerButton powers off when the ACPI power button is pressed, which
+// is what QMP system_powerdown does on the microvm machine (button.ko and
+// evdev.ko make it an input device). Without the modules it does nothing.
+func watchPowerButton(logf func(string, ...any)) {
+	names, _ := filepath.Glob("/sys/class/input/event*/device/name")
+	for _, n := range names {
+		b, err := os.ReadFile(n)
+		if err != nil || strings.TrimSpace(string(b)) != "Power Button" {
+			continue
+		}
+		ev := filepath.Base(filepath.Dir(filepath.Dir(n)))
+		f, err := os.Open(filepath.Join("/dev/input", ev))
+		if err != nil {
+			logf("opening the power button: %v", err)
+			return
+		}
+		go func() {
+			defer func() { _ = f.Close() }()
+			r := bufio.NewReader(f)
+			// struct input_event on 64-bit: timeval (16), type u16, code u16, value s32.
+			var e [24]byte
+			for {
+				if _, err := io.ReadFull(r, e[:]); err != nil {
+					logf("reading the power button: %v", err)
+					return
+				}
+				typ, code, val := binary.LittleEndian.Uint16(e[16:]), binary.LittleEndian.Uint16(e[18:]), int32(binary.LittleEndian.Uint32(e[20:]))
+				if typ == evKey && code == keyPower && val == 1 {
+					logf("power button pressed; powering off")
+					powerOff(logf)
+				}
+			}
+		}()
+		return
+	}
+}
+
+// powerOff syncs the filesystems and powers the VM off; it does not return.
+func powerOff(logf func(string, ...any)) {
+	unix.Sync()
+	if err := unix.Reboot(unix.LINUX_REBOOT_CMD_POWER_OFF); err != nil {
+		logf("power off: %v", err)
+	}
+	// Unreachable unless reboot failed; PID 1 must not exit.
+	select {}
+}

@@ -1,0 +1,162 @@
+package initd
+
+import (
+	"net"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	. "github.com/onsi/gomega"
+
+	"github.com/microvm-dev/sandbox-operator/internal/guest/protocol"
+)
+
+func TestParseCmdline(t *testing.T) {
+	for _, tc := range []struct {
+		name, cmdline string
+		want          map[string]string
+	}{
+		{
+			name:    "key=value pairs and bare words, with the newline /proc/cmdline ends in",
+			cmdline: "console=ttyS0 quiet panic=-1 agent.port=agent0 tsc_early_khz=2095900\n",
+			want:    map[string]string{"console": "ttyS0", "quiet": "", "panic": "-1", PortParam: "agent0", "tsc_early_khz": "2095900"},
+		},
+		{
+			name:    "a later parameter overrides an earlier one",
+			cmdline: "agent.port=a agent.port=b",
+			want:    map[string]string{PortParam: "b"},
+		},
+		{
+			name:    "only the first = splits",
+			cmdline: "x=a=b",
+			want:    map[string]string{"x": "a=b"},
+		},
+		{name: "an empty line has no parameters", cmdline: "", want: map[string]string{}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			NewWithT(t).Expect(ParseCmdline(tc.cmdline)).To(Equal(tc.want))
+		})
+	}
+}
+
+// fakeSysfs writes class/virtio-ports/<dev>/name for each port; a name of
+// "-" leaves the name file out (a port not yet named).
+func fakeSysfs(t *testing.T, ports map[string]string) string {
+	t.Helper()
+	root := t.TempDir()
+	for dev, name := range ports {
+		d := filepath.Join(root, "class", "virtio-ports", dev)
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if name != "-" {
+			if err := os.WriteFile(filepath.Join(d, "name"), []byte(name+"\n"), 0o444); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	return root
+}
+
+func TestFindPort(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		ports map[string]string
+		want  string
+	}{
+		{name: "finds the port by its name", ports: map[string]string{"vport0p0": "org.qemu.console", "vport1p1": "agent0"}, want: "vport1p1"},
+		{name: "no port of that name yet", ports: map[string]string{"vport0p0": "other"}, want: ""},
+		{name: "a port without a name file yet is skipped", ports: map[string]string{"vport1p1": "-", "vport1p2": "agent0"}, want: "vport1p2"},
+		{name: "the name must match exactly", ports: map[string]string{"vport1p1": "agent00"}, want: ""},
+		{name: "no virtio-ports class yet (module not loaded)", ports: nil, want: ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			g := NewWithT(t)
+			got, err := FindPort(fakeSysfs(t, tc.ports), "agent0")
+			g.Expect(err).NotTo(HaveOccurred())
+			g.Expect(got).To(Equal(tc.want))
+		})
+	}
+}
+
+// host plays the node agent's side of a Session over a pipe.
+func startSession(t *testing.T) (host net.Conn, done chan error, s *Session) {
+	t.Helper()
+	guest, host := net.Pipe()
+	s = &Session{Port: guest, BootNanos: 1234, Logf: t.Logf}
+	done = make(chan error, 1)
+	stopped := make(chan struct{})
+	go func() { done <- s.Serve(); _ = guest.Close(); close(stopped) }()
+	t.Cleanup(func() { _ = host.Close(); <-stopped })
+	return host, done, s
+}
+
+func send(t *testing.T, c net.Conn, stream uint32, typ protocol.Type, msg any) {
+	t.Helper()
+	f, err := protocol.Encode(stream, typ, msg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := protocol.WriteFrame(c, f); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestSessionHandshakeAndShutdown(t *testing.T) {
+	g := NewWithT(t)
+	host, done, s := startSession(t)
+
+	f, err := protocol.ReadFrame(host)
+	g.Expect(err).NotTo(HaveOccurred())
+	g.Expect(f.Type).To(Equal(protocol.TypeHello))
+	var hello protocol.Hello
+	g.Expect(protocol.Decode(f, &hello)).To(Succeed())
+	g.Expect(hello).To(Equal(protocol.Hello{Version: protocol.Version, Agent: AgentName, BootNanos: 1234}))
+
+	send(t, host, 0, protocol.TypeHelloAck, protocol.HelloAck{Version: 1})
+	// A type from a future version is ignored, an exec is refused on its stream.
+	send(t, host, 0, protocol.Type(200), map[string]string{})
+	send(t, host, 7, protocol.TypeExec, protocol.Exec{Argv: []string{"/bin/true"}})
+	f, err = protocol.ReadFrame(host)
+	g.Expect(err).NotTo(HaveOccurred())
+	g.Expect(f.Type).To(Equal(protocol.TypeError))
+	g.Expect(f.Stream).To(Equal(uint32(7)))
+
+	send(t, host, 0, protocol.TypeShutdown, protocol.Shutdown{GraceMillis: 500})
+	g.Eventually(done).WithTimeout(time.Second).Should(Receive(MatchError(ErrShutdown)))
+	g.Expect(s.Version).To(Equal(1))
+	g.Expect(s.Shutdown.GraceMillis).To(Equal(int64(500)))
+}
+
+func TestSessionIgnoresRequestsBeforeTheHelloAck(t *testing.T) {
+	g := NewWithT(t)
+	host, done, _ := startSession(t)
+	_, err := protocol.ReadFrame(host)
+	g.Expect(err).NotTo(HaveOccurred())
+	send(t, host, 0, protocol.TypeShutdown, protocol.Shutdown{})
+	g.Consistently(done).WithTimeout(50 * time.Millisecond).ShouldNot(Receive())
+	send(t, host, 0, protocol.TypeHelloAck, protocol.HelloAck{Version: 1})
+	send(t, host, 0, protocol.TypeShutdown, protocol.Shutdown{})
+	g.Eventually(done).WithTimeout(time.Second).Should(Receive(MatchError(ErrShutdown)))
+}
+
+func TestSessionRejectsAVersionItDoesNotSpeak(t *testing.T) {
+	for _, v := range []int{0, protocol.Version + 1} {
+		g := NewWithT(t)
+		host, done, _ := startSession(t)
+		_, err := protocol.ReadFrame(host)
+		g.Expect(err).NotTo(HaveOccurred())
+		send(t, host, 0, protocol.TypeHelloAck, protocol.HelloAck{Version: v})
+		g.Eventually(done).WithTimeout(time.Second).Should(Receive(MatchError(ContainSubstring("protocol version"))))
+	}
+}
+
+func TestSessionEndsWhenThePortCloses(t *testing.T) {
+	g := NewWithT(t)
+	host, done, _ := startSession(t)
+	_, err := protocol.ReadFrame(host)
+	g.Expect(err).NotTo(HaveOccurred())
+	g.Expect(host.Close()).To(Succeed())
+	g.Eventually(done).WithTimeout(time.Second).Should(Receive(MatchError(ContainSubstring("reading from the port"))))
+}

@@ -1,0 +1,175 @@
+package vmm
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+)
+
+// Accel is the accelerator a VM runs under.
+type Accel string
+
+const (
+	// AccelKVM runs the guest on the host's CPU (needs /dev/kvm).
+	AccelKVM Accel = "kvm"
+	// AccelTCG emulates the CPU: slow, but runs anywhere.
+	AccelTCG Accel = "tcg"
+)
+
+// DefaultAgentPort is the name of the agent's virtio-serial port.
+const DefaultAgentPort = "agent0"
+
+// File names inside Config.RunDir.
+const (
+	ConsoleLogFile  = "console.log"
+	MonitorLogFile  = "vmm.log"
+	QMPSocketFile   = "qmp.sock"
+	AgentSocketFile = "agent.sock"
+	ProcessFile     = "process.json"
+)
+
+// Config describes one microVM.
+type Config struct {
+	// Kernel is the guest kernel: an uncompressed vmlinux with a PVH note.
+	Kernel string
+	// Initrd is the initramfs (uncompressed newc cpio).
+	Initrd string
+	// KernelArgs are appended to the kernel command line the VMM builds.
+	KernelArgs []string
+	// CPUs is the number of vCPUs; 0 means 1.
+	CPUs int
+	// MemoryMiB is the guest RAM in MiB; 0 means 128.
+	MemoryMiB int
+	// Accel is the accelerator; "" means AccelKVM.
+	Accel Accel
+	// TSCkHz is the host TSC rate, passed as tsc_early_khz under TCG
+	// (required there: without it ~1 boot in 10 hangs in timer calibration
+	// on microvm, which has neither HPET nor PM timer to fall back on).
+	TSCkHz int
+	// RunDir holds the VM's sockets, console log and process record. Unix
+	// socket paths are limited to 107 bytes, so keep it short.
+	RunDir string
+	// AgentPort names the agent's virtio-serial port; "" means
+	// DefaultAgentPort.
+	AgentPort string
+	// RootDisk, if set, is a raw disk image attached read-only as the first
+	// virtio-blk device (/dev/vda in the guest).
+	RootDisk string
+	// Binary is the VMM executable; "" means the implementation's default.
+	Binary string
+}
+
+// Paths are the files of a VM in its RunDir.
+type Paths struct {
+	Console, MonitorLog, QMP, Agent, Process string
+}
+
+// PathsIn returns the paths of the VM files in runDir.
+func PathsIn(runDir string) Paths {
+	return Paths{
+		Console:    filepath.Join(runDir, ConsoleLogFile),
+		MonitorLog: filepath.Join(runDir, MonitorLogFile),
+		QMP:        filepath.Join(runDir, QMPSocketFile),
+		Agent:      filepath.Join(runDir, AgentSocketFile),
+		Process:    filepath.Join(runDir, ProcessFile),
+	}
+}
+
+func (c Config) withDefaults() Config {
+	if c.CPUs == 0 {
+		c.CPUs = 1
+	}
+	if c.MemoryMiB == 0 {
+		c.MemoryMiB = 128
+	}
+	if c.Accel == "" {
+		c.Accel = AccelKVM
+	}
+	if c.AgentPort == "" {
+		c.AgentPort = DefaultAgentPort
+	}
+	return c
+}
+
+// maxSocketPath is sun_path's capacity on Linux, less the NUL.
+const maxSocketPath = 107
+
+func (c Config) validate() error {
+	var errs []error
+	if c.Kernel == "" {
+		errs = append(errs, errors.New("kernel is required"))
+	}
+	if c.Initrd == "" {
+		errs = append(errs, errors.New("initrd is required"))
+	}
+	if c.RunDir == "" {
+		errs = append(errs, errors.New("run dir is required"))
+	} else if p := PathsIn(c.RunDir); len(p.Agent) > maxSocketPath || len(p.QMP) > maxSocketPath {
+		errs = append(errs, fmt.Errorf("run dir %s is too long for unix socket paths", c.RunDir))
+	}
+	if c.CPUs < 1 || c.MemoryMiB < 16 {
+		errs = append(errs, fmt.Errorf("need at least 1 CPU and 16 MiB, got %d and %d", c.CPUs, c.MemoryMiB))
+	}
+	switch c.Accel {
+	case AccelKVM:
+	case AccelTCG:
+		if c.TSCkHz <= 0 {
+			errs = append(errs, errors.New("TSCkHz is required under TCG (see HostTSCkHz)"))
+		}
+	default:
+		errs = append(errs, fmt.Errorf("unknown accelerator %q", c.Accel))
+	}
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("invalid VM config: %w", err)
+	}
+	return nil
+}
+
+// VMM starts virtual machines.
+type VMM interface {
+	// Start starts a VM for cfg and returns once the monitor process runs;
+	// the guest boots in the background. The agent socket is listening
+	// before the monitor starts.
+	Start(ctx context.Context, cfg Config) (VM, error)
+}
+
+// VM is a running virtual machine.
+type VM interface {
+	// Process identifies the monitor process (recorded in RunDir).
+	Process() Process
+	// Paths are the VM's files.
+	Paths() Paths
+	// AcceptAgent waits for the guest's agent channel to connect. The
+	// connection carries protocol frames once the guest opens its port.
+	AcceptAgent(ctx context.Context) (net.Conn, error)
+	// Done is closed when the monitor process has exited.
+	Done() <-chan struct{}
+	// ExitErr is the monitor's exit status (nil for a clean exit); valid
+	// after Done.
+	ExitErr() error
+	// PowerDown asks the guest to shut down (the ACPI power button).
+	PowerDown(ctx context.Context) error
+	// Kill stops the monitor at once (QMP quit, then SIGKILL) and waits
+	// for it to exit.
+	Kill(ctx context.Context) error
+	// Close releases the host side (the agent listener); it does not stop
+	// the VM.
+	Close() error
+}
+
+// ensureRunDir creates runDir and removes sockets a previous VM left there
+// (binding to an existing path fails).
+func ensureRunDir(p Paths, runDir string) error {
+	if err := os.MkdirAll(runDir, 0o700); err != nil {
+		return err
+	}
+	for _, s := range []string{p.Agent, p.QMP} {
+		if err := os.Remove(s); err != nil && !os.IsNotExist(err) {
+			return err
+		}
+	}
+	return nil
+}
