@@ -105,7 +105,7 @@ func TestBootMicroVM(t *testing.T) {
 	start := time.Now()
 	vm, err := vmm.QEMU{}.Start(ctx, vmm.Config{
 		Kernel: kernel, Initrd: initrd, CPUs: 1, MemoryMiB: 128,
-		Accel: vmm.AccelTCG, TSCkHz: tsc, RunDir: runDir,
+		Accel: testAccel(), TSCkHz: tsc, RunDir: runDir,
 	})
 	g.Expect(err).NotTo(HaveOccurred())
 	t.Cleanup(func() {
@@ -173,4 +173,12 @@ func TestBootMicroVM(t *testing.T) {
 	g.Expect(err).NotTo(HaveOccurred())
 	g.Expect(bytes.Contains(console, []byte("sandbox-init: powering off"))).To(BeTrue(), "console:\n%s", console)
 	g.Expect(rec.Alive()).To(BeFalse())
+}
+
+// testAccel is TCG unless SANDBOX_TEST_ACCEL=kvm asks for KVM.
+func testAccel() vmm.Accel {
+	if os.Getenv("SANDBOX_TEST_ACCEL") == "kvm" {
+		return vmm.AccelKVM
+	}
+	return vmm.AccelTCG
 }
