@@ -5,7 +5,9 @@
 #   2. the manager (bin/manager), with leader election, and one node agent
 #      (bin/node-agent, node "local", TCG emulation allowed) against it;
 #   3. the samples in config/samples applied with kubectl.
-# Prints the KUBECONFIG to use, then runs until Ctrl-C.
+# Prints the KUBECONFIG to use, then runs until Ctrl-C. DEV_VMS=0 runs the
+# agent without its VM runtime (no image pulls). DEV_ACCELERATOR=tcg
+# forces emulation where /dev/kvm exists but cannot boot Linux guests.
 #
 # DEV_SMOKE=1 checks instead of waiting: it exits 0 once the sample Sandbox
 # is placed on node "local" and `kubectl explain sandbox.spec.runtime` works.
@@ -40,7 +42,11 @@ bin/manager --kubeconfig "$KUBECONFIG" --leader-elect --lease-namespace sandbox-
   --metrics-bind-address 127.0.0.1:8080 --health-probe-bind-address 127.0.0.1:8081 >"$DEV_DIR/manager.log" 2>&1 &
 pids+=($!)
 
-bin/node-agent --kubeconfig "$KUBECONFIG" --node-name local --allow-emulation \
+vm_flags=(--state-dir "$DEV_DIR/state" --kernel bin/guest/vmlinux --sandbox-init bin/sandbox-init --guest-modules bin/guest/modules)
+# DEV_VMS=0: register the node and heartbeat only (no pulls, no VMs).
+[ "${DEV_VMS:-1}" = 0 ] && vm_flags=()
+bin/node-agent --kubeconfig "$KUBECONFIG" --node-name local --allow-emulation --accelerator "${DEV_ACCELERATOR:-auto}" \
+  "${vm_flags[@]}" \
   --metrics-bind-address 127.0.0.1:8090 --health-probe-bind-address 127.0.0.1:8091 >"$DEV_DIR/node-agent.log" 2>&1 &
 pids+=($!)
 
@@ -57,8 +63,10 @@ Use it with:
   $KUBECTL get sandboxes,sandboxnodes -A
   $KUBECTL explain sandbox.spec.runtime
 
-The node agent registers this machine as SandboxNode "local" and renews its Lease;
-it does not boot VMs yet, so placed sandboxes stay in phase Starting.
+The node agent registers this machine as SandboxNode "local", pulls each placed Sandbox's
+image and boots it as a QEMU microVM (KVM, else TCG; DEV_ACCELERATOR=tcg forces emulation).
+The guest agent answers (phase Running) but does not run the image's entrypoint yet. The
+samples' images come from Docker Hub: without internet they stay Starting with ImageReady=False.
 MSG
 
 if [ "${DEV_SMOKE:-0}" = 1 ]; then

@@ -27,7 +27,14 @@ func main() {
 	var maxSandboxes int
 	flag.IntVar(&maxSandboxes, "max-sandboxes", int(args.MaxSandboxes), "Sandbox slots of the node.")
 	flag.StringVar(&args.KVMPath, "kvm-device", args.KVMPath, "The KVM device.")
+	flag.StringVar(&args.Accelerator, "accelerator", args.Accelerator, "auto (KVM when /dev/kvm can create a VM, else TCG with --allow-emulation), kvm, or tcg.")
 	flag.StringVar(&args.QEMUBinary, "qemu", args.QEMUBinary, "The QEMU binary.")
+	flag.StringVar(&args.StateDir, "state-dir", args.StateDir, "Directory of the VMs' run directories, the image cache and the initramfs (empty: the agent runs no sandboxes).")
+	flag.StringVar(&args.ImageDir, "image-dir", args.ImageDir, "Root of the image cache (default <state-dir>/images).")
+	flag.StringVar(&args.KernelPath, "kernel", args.KernelPath, "The guest kernel (vmlinux).")
+	flag.StringVar(&args.InitrdPath, "initrd", args.InitrdPath, "A prebuilt initramfs with sandbox-init (default: built at start from --sandbox-init and --guest-modules).")
+	flag.StringVar(&args.SandboxInitPath, "sandbox-init", args.SandboxInitPath, "The static sandbox-init binary packed into the initramfs.")
+	flag.StringVar(&args.GuestModulesDir, "guest-modules", args.GuestModulesDir, "The guest kernel's modules directory (with modules.dep).")
 	flag.StringVar(&args.MetricsAddr, "metrics-bind-address", args.MetricsAddr, "The address the metrics endpoint binds to (0 disables it).")
 	flag.StringVar(&args.ProbeAddr, "health-probe-bind-address", args.ProbeAddr, "The address the health probe endpoint binds to.")
 	opts := zap.Options{Development: true}

@@ -17,6 +17,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/healthz"
+	"sigs.k8s.io/controller-runtime/pkg/manager"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
 	sandboxv1alpha1 "github.com/microvm-dev/sandbox-operator/api/v1alpha1"
@@ -48,12 +49,34 @@ type Args struct {
 	// AllowEmulation lets the node run VMs with QEMU's TCG when /dev/kvm is
 	// not usable (much slower; for development and CI).
 	AllowEmulation bool
+	// Accelerator overrides the probe: "auto" (the default) uses KVM when
+	// /dev/kvm can create a VM, else TCG when AllowEmulation; "kvm" requires
+	// KVM; "tcg" always emulates. (A /dev/kvm can pass the probe and still
+	// not boot Linux guests, as in some nested setups: force "tcg" there.)
+	Accelerator string
 	// KVMPath and QEMUBinary locate the accelerator and the VMM.
 	KVMPath, QEMUBinary string
 	// MetricsAddr and ProbeAddr are the manager's endpoints ("0" disables).
 	MetricsAddr, ProbeAddr string
 	// Labels are added to the SandboxNode, over the Node's labels.
 	Labels map[string]string
+
+	// StateDir holds the VMs' run directories (<StateDir>/vms/<uid>), the
+	// image cache (unless ImageDir is set) and the built initramfs. Empty
+	// disables running sandboxes (the agent only registers and heartbeats).
+	StateDir string
+	// ImageDir is the image cache's root (default <StateDir>/images).
+	ImageDir string
+	// KernelPath is the guest kernel (bin/guest/vmlinux).
+	KernelPath string
+	// InitrdPath is a prebuilt initramfs with sandbox-init. When empty, one
+	// is built at start from SandboxInitPath and GuestModulesDir.
+	InitrdPath string
+	// SandboxInitPath is the static sandbox-init binary.
+	SandboxInitPath string
+	// GuestModulesDir is the guest kernel's modules directory (with
+	// modules.dep; bin/guest/modules).
+	GuestModulesDir string
 }
 
 // DefaultArgs are the flags' defaults.
@@ -64,6 +87,7 @@ func DefaultArgs() Args {
 		RenewInterval:  10 * time.Second,
 		Reserve:        Reserve{CPUs: 1, MemoryMiB: 1024},
 		MaxSandboxes:   110,
+		Accelerator:    "auto",
 		KVMPath:        "/dev/kvm",
 		QEMUBinary:     "qemu-system-x86_64",
 		MetricsAddr:    ":8090",
@@ -138,7 +162,7 @@ func New(opts ...Option) (*Agent, error) {
 	}
 	hb := &heartbeat{
 		client: mgr.GetAPIReader(), writer: mgr.GetClient(), args: a.args,
-		probe: func() Host { return ProbeHost(a.args.KVMPath, a.args.QEMUBinary, a.args.AllowEmulation) },
+		probe: a.args.probe,
 	}
 	if err := mgr.Add(hb); err != nil {
 		return nil, fmt.Errorf("failed to add the heartbeat: %w", err)
@@ -148,6 +172,29 @@ func New(opts ...Option) (*Agent, error) {
 	}
 	if err := mgr.AddReadyzCheck("readyz", hb.ready); err != nil {
 		return nil, err
+	}
+	if a.args.StateDir != "" {
+		ctx, cancel := context.WithCancel(context.Background())
+		sr, err := newSandboxReconciler(ctx, mgr.GetClient(), mgr.GetAPIReader(), a.args)
+		if err != nil {
+			cancel()
+			return nil, fmt.Errorf("failed to set up the Sandbox reconciler: %w", err)
+		}
+		if err := sr.SetupWithManager(mgr); err != nil {
+			cancel()
+			return nil, fmt.Errorf("failed to set up the Sandbox reconciler: %w", err)
+		}
+		// The VM watchers stop with the manager.
+		if err := mgr.Add(manager.RunnableFunc(func(mctx context.Context) error {
+			<-mctx.Done()
+			cancel()
+			sr.Wait()
+			sr.images.Close()
+			return nil
+		})); err != nil {
+			cancel()
+			return nil, err
+		}
 	}
 	a.mgr = mgr
 	return a, nil

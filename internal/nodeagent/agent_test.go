@@ -203,6 +203,17 @@ func TestKVMUsable(t *testing.T) {
 	g.Expect(kvmUsable(notKVM)).To(MatchError(ContainSubstring("KVM_GET_API_VERSION")), "a file that is not a KVM device")
 }
 
+func TestAcceleratorOverride(t *testing.T) {
+	g := NewWithT(t)
+	a := DefaultArgs()
+	a.Accelerator = "tcg"
+	g.Expect(a.probe().Accelerator).To(Equal(sandboxv1alpha1.AcceleratorTCG), "tcg is forced, emulation implied")
+	a.Accelerator, a.KVMPath = "kvm", filepath.Join(t.TempDir(), "missing")
+	g.Expect(a.probe().Accelerator).To(BeEmpty(), "kvm required and absent: no accelerator")
+	a.Accelerator, a.AllowEmulation = "auto", true
+	g.Expect(a.probe().Accelerator).To(Equal(sandboxv1alpha1.AcceleratorTCG))
+}
+
 func TestMemTotalMiB(t *testing.T) {
 	g := NewWithT(t)
 	p := filepath.Join(t.TempDir(), "meminfo")

@@ -39,6 +39,19 @@ func ProbeHost(kvmPath, qemuBinary string, allowEmulation bool) Host {
 	return h
 }
 
+// probe probes the host, honouring the --accelerator override.
+func (a Args) probe() Host {
+	switch a.Accelerator {
+	case "tcg":
+		h := ProbeHost("", a.QEMUBinary, true)
+		h.KVMError = "not used: --accelerator=tcg"
+		return h
+	case "kvm":
+		return ProbeHost(a.KVMPath, a.QEMUBinary, false)
+	}
+	return ProbeHost(a.KVMPath, a.QEMUBinary, a.AllowEmulation)
+}
+
 // KVM ioctls (linux/kvm.h).
 const (
 	kvmGetAPIVersion = 0xAE00

@@ -1,0 +1,518 @@
+package nodeagent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sync"
+	"syscall"
+	"time"
+
+	apiequality "k8s.io/apimachinery/pkg/api/equality"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	metav1ac "k8s.io/client-go/applyconfigurations/meta/v1"
+	"k8s.io/klog/v2"
+	"k8s.io/utils/ptr"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/controller"
+	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
+	"sigs.k8s.io/controller-runtime/pkg/event"
+	"sigs.k8s.io/controller-runtime/pkg/handler"
+	"sigs.k8s.io/controller-runtime/pkg/source"
+
+	sandboxv1alpha1 "github.com/microvm-dev/sandbox-operator/api/v1alpha1"
+	"github.com/microvm-dev/sandbox-operator/internal/image"
+	"github.com/microvm-dev/sandbox-operator/internal/vmm"
+	sandboxv1alpha1ac "github.com/microvm-dev/sandbox-operator/pkg/client/applyconfiguration/api/v1alpha1"
+)
+
+const (
+	// defaultGrace is the stop grace when spec.stopPolicy has none.
+	defaultGrace = 10 * time.Second
+	// killMargin is added to the grace before the VMM is killed.
+	killMargin = 5 * time.Second
+	// pullBackoff and maxPullBackoff bound the retries of a failed pull.
+	pullBackoff, maxPullBackoff = time.Second, 5 * time.Minute
+	// maxMessage bounds messages written to the status.
+	maxMessage = 1024
+)
+
+// SandboxReconciler runs the VMs of the Sandboxes placed on this node. It
+// owns status.vm, status.imageDigest, the agent's timings and the
+// ImageReady and Draining conditions (server-side apply under
+// NodeAgentFieldOwner) and the node agent's finalizer.
+//
+// VM handles live in memory only: after an agent restart the VMs it started
+// are not re-adopted (a VM reported Booting, Running or Draining that the
+// agent does not know is killed through its process record and reported
+// Exited with InternalError when it is to stop; otherwise left alone).
+type SandboxReconciler struct {
+	client    client.Client
+	apiReader client.Reader
+	args      Args
+	images    *image.Cache
+	initrd    string
+	accel     sandboxv1alpha1.Accelerator
+	accelErr  string
+	tscKHz    int
+
+	// ctx ends when the manager stops; VM watchers run under it.
+	ctx    context.Context
+	notify chan event.GenericEvent
+	wg     sync.WaitGroup
+
+	mu        sync.Mutex
+	sandboxes map[types.UID]*sandboxState
+}
+
+// sandboxState is the agent's record of one Sandbox's current run: what it
+// reports and the VM it runs.
+type sandboxState struct {
+	key          types.NamespacedName
+	run          int32
+	report       report
+	lastApplied  *report
+	handle       *vmHandle
+	pullFailures int
+}
+
+// report is the agent-owned part of the status.
+type report struct {
+	VM          *sandboxv1alpha1.VMStatus
+	ImageDigest string
+	Timings     sandboxv1alpha1.Timings
+	Conditions  []metav1.Condition
+}
+
+func newSandboxReconciler(ctx context.Context, c client.Client, reader client.Reader, args Args) (*SandboxReconciler, error) {
+	r := &SandboxReconciler{
+		client: c, apiReader: reader, args: args, ctx: ctx,
+		notify:    make(chan event.GenericEvent),
+		sandboxes: map[types.UID]*sandboxState{},
+	}
+	if err := os.MkdirAll(filepath.Join(args.StateDir, "vms"), 0o700); err != nil {
+		return nil, fmt.Errorf("failed to create the state directory: %w", err)
+	}
+	imgDir := args.ImageDir
+	if imgDir == "" {
+		imgDir = filepath.Join(args.StateDir, "images")
+	}
+	cache, err := image.New(imgDir)
+	if err != nil {
+		return nil, err
+	}
+	r.images = cache
+	r.initrd, err = prepareInitrd(args)
+	if err != nil {
+		return nil, err
+	}
+	host := args.probe()
+	r.accel, r.accelErr = host.Accelerator, host.KVMError
+	if r.accel == sandboxv1alpha1.AcceleratorTCG {
+		if r.tscKHz, err = vmm.HostTSCkHz(); err != nil {
+			return nil, fmt.Errorf("failed to read the host's TSC frequency for TCG: %w", err)
+		}
+	}
+	return r, nil
+}
+
+// SetupWithManager registers the reconciler and a runnable that waits for
+// the VM watchers when the manager stops.
+func (r *SandboxReconciler) SetupWithManager(mgr ctrl.Manager) error {
+	return ctrl.NewControllerManagedBy(mgr).
+		Named("nodeagent-sandbox").
+		For(&sandboxv1alpha1.Sandbox{}).
+		WatchesRawSource(source.Channel(r.notify, &handler.EnqueueRequestForObject{})).
+		WithOptions(controller.Options{MaxConcurrentReconciles: 4, SkipNameValidation: ptr.To(true)}).
+		Complete(r)
+}
+
+// Wait blocks until every VM watcher has returned (after ctx ended).
+func (r *SandboxReconciler) Wait() { r.wg.Wait() }
+
+func (r *SandboxReconciler) forget(key types.NamespacedName) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for uid, st := range r.sandboxes {
+		if st.key == key {
+			delete(r.sandboxes, uid)
+		}
+	}
+}
+
+// state returns the record of sbx's current run, seeding a new one from
+// the status (what an earlier pass or agent reported).
+func (r *SandboxReconciler) state(sbx *sandboxv1alpha1.Sandbox) *sandboxState {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	st := r.sandboxes[sbx.UID]
+	if st != nil && st.run == sbx.Status.Run {
+		return st
+	}
+	if st != nil && st.handle != nil {
+		// An older run's VM still running: it must not outlive its run.
+		select {
+		case <-st.handle.vm.Done():
+		default:
+			go st.handle.stop(sandboxv1alpha1.StopKill, 0)
+		}
+	}
+	st = &sandboxState{key: client.ObjectKeyFromObject(sbx), run: sbx.Status.Run}
+	if vm := sbx.Status.CurrentVM(); vm != nil {
+		st.report.VM = vm.DeepCopy()
+		st.report.ImageDigest = sbx.Status.ImageDigest
+		if t := sbx.Status.Timings; t != nil {
+			st.report.Timings = sandboxv1alpha1.Timings{ImagePulledMillis: t.ImagePulledMillis,
+				RootfsReadyMillis: t.RootfsReadyMillis, VMMStartedMillis: t.VMMStartedMillis, GuestReadyMillis: t.GuestReadyMillis}
+		}
+		for _, c := range sbx.Status.Conditions {
+			if c.Type == sandboxv1alpha1.ConditionImageReady || c.Type == sandboxv1alpha1.ConditionDraining {
+				st.report.Conditions = append(st.report.Conditions, c)
+			}
+		}
+	} else {
+		// A new run keeps the pinned digest: a restart boots the same image.
+		st.report.ImageDigest = sbx.Status.ImageDigest
+	}
+	r.sandboxes[sbx.UID] = st
+	return st
+}
+
+func (r *SandboxReconciler) runDir(uid types.UID) string {
+	return filepath.Join(r.args.StateDir, "vms", string(uid))
+}
+
+// Reconcile drives the VM of one Sandbox on this node.
+func (r *SandboxReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, error) {
+	sbx := &sandboxv1alpha1.Sandbox{}
+	if err := r.client.Get(ctx, req.NamespacedName, sbx); err != nil {
+		if apierrors.IsNotFound(err) {
+			r.forget(req.NamespacedName)
+			return ctrl.Result{}, nil
+		}
+		return ctrl.Result{}, err
+	}
+	if sbx.Status.NodeName != r.args.NodeName || sbx.Status.Run == 0 {
+		return ctrl.Result{}, nil
+	}
+	log := ctrl.LoggerFrom(ctx).WithValues("Sandbox", klog.KObj(sbx), "run", sbx.Status.Run)
+	ctx = ctrl.LoggerInto(ctx, log)
+	st := r.state(sbx)
+
+	deleting := !sbx.DeletionTimestamp.IsZero()
+	stopWanted := deleting || sbx.Spec.State == sandboxv1alpha1.DesiredStateStopped || sbx.Status.StopRequest != nil
+	var res ctrl.Result
+	var err error
+	switch {
+	case st.handle != nil:
+		r.observe(sbx, st, stopWanted)
+	case st.report.VM != nil && isActive(st.report.VM.State):
+		// Reported running by an earlier agent process: not re-adopted.
+		if stopWanted {
+			killRecorded(r.runDir(sbx.UID))
+			st.report.VM.State = sandboxv1alpha1.VMExited
+			st.report.VM.ExitedAt = ptr.To(metaTime(time.Now()))
+			st.report.VM.ExitReason = sandboxv1alpha1.TerminationInternalError
+			st.report.VM.Message = "the node agent restarted and lost track of the VM"
+		} else {
+			log.Info("VM reported by an earlier agent process is not re-adopted (not implemented)")
+		}
+	case stopWanted:
+		if st.report.VM == nil || st.report.VM.State != sandboxv1alpha1.VMExited {
+			// Stopped before it booted.
+			st.report.VM = r.newVM(sbx)
+			st.report.VM.State = sandboxv1alpha1.VMExited
+			st.report.VM.ExitedAt = ptr.To(metaTime(time.Now()))
+			st.report.VM.ExitReason = stopReason(sbx)
+		}
+	case sbx.Spec.State != sandboxv1alpha1.DesiredStateStopped && (st.report.VM == nil || st.report.VM.State == sandboxv1alpha1.VMPending || st.report.VM.State == sandboxv1alpha1.VMPulling):
+		res, err = r.start(ctx, sbx, st)
+	}
+	if aerr := r.apply(ctx, sbx, st); aerr != nil {
+		return ctrl.Result{}, errors.Join(err, aerr)
+	}
+	if err != nil {
+		return res, err
+	}
+	if deleting && (st.handle == nil || !st.handle.snapshot().exitedAt.IsZero()) {
+		return r.finalize(ctx, sbx)
+	}
+	return res, nil
+}
+
+func isActive(s sandboxv1alpha1.VMState) bool {
+	return s == sandboxv1alpha1.VMBooting || s == sandboxv1alpha1.VMRunning || s == sandboxv1alpha1.VMDraining
+}
+
+// stopReason is the exit reason of a requested stop.
+func stopReason(sbx *sandboxv1alpha1.Sandbox) sandboxv1alpha1.TerminationReason {
+	if sr := sbx.Status.StopRequest; sr != nil && sr.Reason != "" {
+		return sr.Reason
+	}
+	if sbx.Spec.StopPolicy.Mode == sandboxv1alpha1.StopDrain {
+		return sandboxv1alpha1.TerminationDrainRequested
+	}
+	return sandboxv1alpha1.TerminationShutdownRequested
+}
+
+func (r *SandboxReconciler) newVM(sbx *sandboxv1alpha1.Sandbox) *sandboxv1alpha1.VMStatus {
+	return &sandboxv1alpha1.VMStatus{Run: sbx.Status.Run, NodeName: r.args.NodeName, State: sandboxv1alpha1.VMPending}
+}
+
+func setCond(st *sandboxState, sbx *sandboxv1alpha1.Sandbox, t string, s metav1.ConditionStatus, reason, msg string) {
+	if len(msg) > maxMessage {
+		msg = msg[:maxMessage]
+	}
+	meta.SetStatusCondition(&st.report.Conditions, metav1.Condition{
+		Type: t, Status: s, Reason: reason, Message: msg, ObservedGeneration: sbx.Generation,
+	})
+}
+
+// observe folds the VM's progress into the report and starts a stop when
+// one is wanted.
+func (r *SandboxReconciler) observe(sbx *sandboxv1alpha1.Sandbox, st *sandboxState, stopWanted bool) {
+	h := st.handle
+	snap := h.snapshot()
+	vm := st.report.VM
+	if !snap.bootedAt.IsZero() && vm.BootedAt == nil {
+		vm.BootedAt = ptr.To(metaTime(snap.bootedAt))
+		st.report.Timings.GuestReadyMillis = ptr.To(snap.bootedAt.Sub(h.start).Milliseconds())
+		if vm.State == sandboxv1alpha1.VMBooting {
+			vm.State = sandboxv1alpha1.VMRunning
+		}
+	}
+	if !snap.exitedAt.IsZero() {
+		if vm.State == sandboxv1alpha1.VMExited {
+			return
+		}
+		vm.State = sandboxv1alpha1.VMExited
+		vm.ExitedAt = ptr.To(metaTime(snap.exitedAt))
+		vm.ExitCode = snap.exitCode
+		if snap.stopAsked {
+			vm.ExitReason = snap.stopWhy
+			setCond(st, sbx, sandboxv1alpha1.ConditionDraining, metav1.ConditionFalse, sandboxv1alpha1.ReasonNotDraining, "The VM exited")
+		} else {
+			vm.ExitReason = sandboxv1alpha1.TerminationInternalError
+			msg := "The VMM exited unexpectedly"
+			if snap.failure != "" {
+				msg += " (" + snap.failure + ")"
+			}
+			if tail := consoleTail(h.vm.Paths(), consoleTailLines); tail != "" {
+				msg += "; console:\n" + tail
+			}
+			if len(msg) > 4000 {
+				msg = msg[len(msg)-4000:]
+			}
+			vm.Message = msg
+		}
+		return
+	}
+	if stopWanted && !snap.stopAsked {
+		why := stopReason(sbx)
+		h.mu.Lock()
+		h.stopAsked, h.stopWhy = true, why
+		h.mu.Unlock()
+		vm.State = sandboxv1alpha1.VMDraining
+		condReason := sandboxv1alpha1.ReasonShutdownRequested
+		if why == sandboxv1alpha1.TerminationDrainRequested {
+			condReason = sandboxv1alpha1.ReasonDrainRequested
+		}
+		setCond(st, sbx, sandboxv1alpha1.ConditionDraining, metav1.ConditionTrue, condReason, "Stopping the VM: "+string(why))
+		grace := defaultGrace
+		if g := sbx.Spec.StopPolicy.GracePeriodSeconds; g != nil {
+			grace = time.Duration(*g) * time.Second
+		}
+		go h.stop(sbx.Spec.StopPolicy.Mode, grace)
+	}
+}
+
+// start pulls the image and boots the VM of the current run.
+func (r *SandboxReconciler) start(ctx context.Context, sbx *sandboxv1alpha1.Sandbox, st *sandboxState) (ctrl.Result, error) {
+	log := ctrl.LoggerFrom(ctx)
+	if st.report.VM == nil || st.report.VM.State != sandboxv1alpha1.VMPulling {
+		st.report.VM = r.newVM(sbx)
+		st.report.VM.State = sandboxv1alpha1.VMPulling
+		if meta.FindStatusCondition(st.report.Conditions, sandboxv1alpha1.ConditionImageReady) == nil {
+			setCond(st, sbx, sandboxv1alpha1.ConditionImageReady, metav1.ConditionUnknown, sandboxv1alpha1.ReasonImagePulling, "Pulling "+sbx.Spec.Image)
+		}
+		setCond(st, sbx, sandboxv1alpha1.ConditionDraining, metav1.ConditionFalse, sandboxv1alpha1.ReasonNotDraining, "")
+		if err := r.apply(ctx, sbx, st); err != nil {
+			return ctrl.Result{}, err
+		}
+	}
+
+	pulled := time.Now()
+	opts := image.PullOptions{Policy: sbx.Spec.ImagePullPolicy, PinnedDigest: sbx.Status.ImageDigest}
+	if reg := sbx.Spec.Registry; reg != nil {
+		opts.Insecure = reg.Insecure
+	}
+	img, err := r.images.Ensure(ctx, sbx.Spec.Image, opts, nil)
+	if err != nil {
+		st.pullFailures++
+		backoff := min(pullBackoff<<min(st.pullFailures-1, 20), maxPullBackoff)
+		log.Info("Failed to pull the image", "image", sbx.Spec.Image, "error", err.Error(), "retryAfter", backoff)
+		setCond(st, sbx, sandboxv1alpha1.ConditionImageReady, metav1.ConditionFalse, sandboxv1alpha1.ReasonErrImagePull, err.Error())
+		return ctrl.Result{RequeueAfter: backoff}, nil
+	}
+	st.pullFailures = 0
+	st.report.ImageDigest = img.Digest
+	st.report.Timings.ImagePulledMillis = ptr.To(time.Since(pulled).Milliseconds())
+	setCond(st, sbx, sandboxv1alpha1.ConditionImageReady, metav1.ConditionTrue, sandboxv1alpha1.ReasonImagePulled, "Image "+img.Digest)
+
+	fail := func(msg string) (ctrl.Result, error) {
+		st.report.VM.State = sandboxv1alpha1.VMExited
+		st.report.VM.ExitedAt = ptr.To(metaTime(time.Now()))
+		st.report.VM.ExitReason = sandboxv1alpha1.TerminationInternalError
+		if len(msg) > maxMessage {
+			msg = msg[:maxMessage]
+		}
+		st.report.VM.Message = msg
+		return ctrl.Result{}, nil
+	}
+	if r.accel == "" {
+		return fail("No accelerator on this node: " + r.accelErr)
+	}
+	runDir := r.runDir(sbx.UID)
+	if err := os.RemoveAll(runDir); err != nil {
+		return fail(err.Error())
+	}
+	cfg := vmm.Config{
+		Kernel: r.args.KernelPath, Initrd: r.initrd,
+		CPUs: int(sbx.Spec.Resources.CPUs), MemoryMiB: int(sbx.Spec.Resources.MemoryMiB),
+		Accel: vmm.Accel(r.accel), TSCkHz: r.tscKHz, RunDir: runDir,
+		RootDisk: img.RootfsPath, Binary: r.args.QEMUBinary,
+	}
+	started := time.Now()
+	vm, err := vmm.QEMU{}.Start(r.ctx, cfg)
+	if err != nil {
+		return fail("Failed to start the VMM: " + err.Error())
+	}
+	st.report.Timings.VMMStartedMillis = ptr.To(time.Since(started).Milliseconds())
+	h := &vmHandle{
+		key: types.NamespacedName{Namespace: sbx.Namespace, Name: sbx.Name}, run: sbx.Status.Run,
+		vm: vm, runDir: runDir, accel: r.accel, pid: int32(vm.Process().PID), start: started,
+	}
+	st.handle = h
+	st.report.VM.State = sandboxv1alpha1.VMBooting
+	st.report.VM.PID = h.pid
+	st.report.VM.Accelerator = r.accel
+	log.Info("Started the VM", "pid", h.pid, "accelerator", r.accel, "image", img.Digest)
+	r.wg.Go(func() { h.watch(r.ctx, r.notify) })
+	return ctrl.Result{}, nil
+}
+
+// apply writes the report when it changed since the last write.
+func (r *SandboxReconciler) apply(ctx context.Context, sbx *sandboxv1alpha1.Sandbox, st *sandboxState) error {
+	if st.lastApplied != nil && apiequality.Semantic.DeepEqual(*st.lastApplied, st.report) {
+		return nil
+	}
+	rep := st.report
+	status := sandboxv1alpha1ac.SandboxStatus()
+	if vm := rep.VM; vm != nil {
+		ac := sandboxv1alpha1ac.VMStatus().WithRun(vm.Run).WithNodeName(vm.NodeName).WithState(vm.State)
+		if vm.PID != 0 {
+			ac.WithPID(vm.PID)
+		}
+		if vm.Accelerator != "" {
+			ac.WithAccelerator(vm.Accelerator)
+		}
+		if vm.BootedAt != nil {
+			ac.WithBootedAt(*vm.BootedAt)
+		}
+		if vm.ExitedAt != nil {
+			ac.WithExitedAt(*vm.ExitedAt)
+		}
+		if vm.ExitCode != nil {
+			ac.WithExitCode(*vm.ExitCode)
+		}
+		if vm.ExitReason != "" {
+			ac.WithExitReason(vm.ExitReason)
+		}
+		if vm.Message != "" {
+			ac.WithMessage(vm.Message)
+		}
+		status.WithVM(ac)
+	}
+	if rep.ImageDigest != "" {
+		status.WithImageDigest(rep.ImageDigest)
+	}
+	t := rep.Timings
+	if t.ImagePulledMillis != nil || t.VMMStartedMillis != nil || t.GuestReadyMillis != nil || t.RootfsReadyMillis != nil {
+		tac := sandboxv1alpha1ac.Timings()
+		if t.ImagePulledMillis != nil {
+			tac.WithImagePulledMillis(*t.ImagePulledMillis)
+		}
+		if t.RootfsReadyMillis != nil {
+			tac.WithRootfsReadyMillis(*t.RootfsReadyMillis)
+		}
+		if t.VMMStartedMillis != nil {
+			tac.WithVMMStartedMillis(*t.VMMStartedMillis)
+		}
+		if t.GuestReadyMillis != nil {
+			tac.WithGuestReadyMillis(*t.GuestReadyMillis)
+		}
+		status.WithTimings(tac)
+	}
+	for _, c := range rep.Conditions {
+		status.WithConditions(metav1ac.Condition().WithType(c.Type).WithStatus(c.Status).WithReason(c.Reason).
+			WithMessage(c.Message).WithLastTransitionTime(c.LastTransitionTime).WithObservedGeneration(c.ObservedGeneration))
+	}
+	ac := sandboxv1alpha1ac.Sandbox(sbx.Name, sbx.Namespace).WithStatus(status)
+	if err := r.client.Status().Apply(ctx, ac, client.FieldOwner(sandboxv1alpha1.NodeAgentFieldOwner), client.ForceOwnership); err != nil {
+		if apierrors.IsNotFound(err) {
+			return nil
+		}
+		return fmt.Errorf("failed to apply the status of Sandbox %s: %w", klog.KObj(sbx), err)
+	}
+	cp := report{ImageDigest: rep.ImageDigest, Timings: *rep.Timings.DeepCopy()}
+	if rep.VM != nil {
+		cp.VM = rep.VM.DeepCopy()
+	}
+	for _, c := range rep.Conditions {
+		cp.Conditions = append(cp.Conditions, *c.DeepCopy())
+	}
+	st.lastApplied = &cp
+	return nil
+}
+
+// finalize removes the run directory of a deleted Sandbox whose VM is gone,
+// then the node agent's finalizer.
+func (r *SandboxReconciler) finalize(ctx context.Context, sbx *sandboxv1alpha1.Sandbox) (ctrl.Result, error) {
+	if err := os.RemoveAll(r.runDir(sbx.UID)); err != nil {
+		return ctrl.Result{}, fmt.Errorf("failed to remove the run directory of Sandbox %s: %w", klog.KObj(sbx), err)
+	}
+	cur := &sandboxv1alpha1.Sandbox{}
+	if err := r.apiReader.Get(ctx, client.ObjectKeyFromObject(sbx), cur); err != nil {
+		return ctrl.Result{}, client.IgnoreNotFound(err)
+	}
+	if !controllerutil.ContainsFinalizer(cur, sandboxv1alpha1.NodeAgentFinalizer) {
+		return ctrl.Result{}, nil
+	}
+	base := cur.DeepCopy()
+	controllerutil.RemoveFinalizer(cur, sandboxv1alpha1.NodeAgentFinalizer)
+	if err := r.client.Patch(ctx, cur, client.MergeFromWithOptions(base, client.MergeFromWithOptimisticLock{})); err != nil {
+		if apierrors.IsConflict(err) {
+			return ctrl.Result{RequeueAfter: 100 * time.Millisecond}, nil
+		}
+		return ctrl.Result{}, client.IgnoreNotFound(err)
+	}
+	ctrl.LoggerFrom(ctx).Info("VM gone; released the node agent's finalizer")
+	return ctrl.Result{}, nil
+}
+
+// killRecorded kills the QEMU recorded in runDir, if it still runs.
+func killRecorded(runDir string) {
+	p, err := vmm.ReadProcess(vmm.PathsIn(runDir).Process)
+	if err != nil {
+		return
+	}
+	if alive, err := p.Alive(); err == nil && alive {
+		_ = syscall.Kill(p.PID, syscall.SIGKILL)
+	}
+}

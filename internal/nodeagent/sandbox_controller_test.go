@@ -1,0 +1,321 @@
+package nodeagent
+
+import (
+	"archive/tar"
+	"bytes"
+	"context"
+	"io"
+	"log"
+	"net/http/httptest"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/google/go-containerregistry/pkg/name"
+	"github.com/google/go-containerregistry/pkg/registry"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/empty"
+	"github.com/google/go-containerregistry/pkg/v1/mutate"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/google/go-containerregistry/pkg/v1/tarball"
+	. "github.com/onsi/gomega"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	utilruntime "k8s.io/apimachinery/pkg/util/runtime"
+	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
+	"k8s.io/utils/ptr"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
+
+	sandboxv1alpha1 "github.com/microvm-dev/sandbox-operator/api/v1alpha1"
+	"github.com/microvm-dev/sandbox-operator/internal/controller"
+	"github.com/microvm-dev/sandbox-operator/internal/placement"
+	"github.com/microvm-dev/sandbox-operator/internal/vmm"
+)
+
+const requireVMEnv = "SANDBOX_REQUIRE_VM"
+
+var guestDir = filepath.Join("..", "..", "bin", "guest")
+
+// vmPrereqs returns the guest kernel and modules directory, or skips (fails
+// under SANDBOX_REQUIRE_VM=1) when the kernel or QEMU is missing.
+func vmPrereqs(t *testing.T) (kernel, modules string) {
+	t.Helper()
+	kernel, modules = filepath.Join(guestDir, "vmlinux"), filepath.Join(guestDir, "modules")
+	var missing []string
+	if _, err := os.Stat(kernel); err != nil {
+		missing = append(missing, kernel+" (run make guest-kernel)")
+	}
+	if _, err := exec.LookPath(vmm.DefaultQEMUBinary); err != nil {
+		missing = append(missing, vmm.DefaultQEMUBinary+" (run hack/setup.sh)")
+	}
+	if _, err := exec.LookPath("mkfs.ext4"); err != nil {
+		missing = append(missing, "mkfs.ext4 (e2fsprogs)")
+	}
+	if len(missing) > 0 {
+		msg := "cannot boot a microVM: missing " + strings.Join(missing, ", ")
+		if os.Getenv(requireVMEnv) == "1" {
+			t.Fatal(msg + "; " + requireVMEnv + "=1 requires it")
+		}
+		t.Skip(msg + "; set " + requireVMEnv + "=1 to make this a failure")
+	}
+	return kernel, modules
+}
+
+// buildSandboxInit compiles sandbox-init (static) into dir.
+func buildSandboxInit(t *testing.T, dir string) string {
+	t.Helper()
+	bin := filepath.Join(dir, "sandbox-init")
+	build := exec.Command("go", "build", "-ldflags=-s -w", "-o", bin, "../../cmd/sandbox-init")
+	build.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("building sandbox-init: %v\n%s", err, out)
+	}
+	return bin
+}
+
+// serveImage serves a one-file linux/amd64 image as <host>/small:v1 from an
+// in-memory registry and returns the registry's host.
+func serveImage(t *testing.T) string {
+	t.Helper()
+	srv := httptest.NewServer(registry.New(registry.Logger(log.New(io.Discard, "", 0))))
+	t.Cleanup(srv.Close)
+	host := strings.TrimPrefix(srv.URL, "http://")
+
+	var buf bytes.Buffer
+	tw := tar.NewWriter(&buf)
+	content := []byte("hello from the image\n")
+	if err := tw.WriteHeader(&tar.Header{Name: "hello.txt", Mode: 0o644, Size: int64(len(content)), Typeflag: tar.TypeReg}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tw.Write(content); err != nil {
+		t.Fatal(err)
+	}
+	if err := tw.Close(); err != nil {
+		t.Fatal(err)
+	}
+	layer, err := tarball.LayerFromOpener(func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(buf.Bytes())), nil })
+	if err != nil {
+		t.Fatal(err)
+	}
+	img, err := mutate.ConfigFile(empty.Image, &v1.ConfigFile{OS: "linux", Architecture: "amd64", RootFS: v1.RootFS{Type: "layers"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if img, err = mutate.AppendLayers(img, layer); err != nil {
+		t.Fatal(err)
+	}
+	ref, err := name.ParseReference(host+"/small:v1", name.Insecure)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := remote.Write(ref, img); err != nil {
+		t.Fatal(err)
+	}
+	return host
+}
+
+// runManager runs the real manager-side Sandbox reconciler until the test
+// ends.
+func runManager(t *testing.T) {
+	t.Helper()
+	scheme := runtime.NewScheme()
+	utilruntime.Must(clientgoscheme.AddToScheme(scheme))
+	utilruntime.Must(sandboxv1alpha1.AddToScheme(scheme))
+	mgr, err := ctrl.NewManager(cfg, ctrl.Options{Scheme: scheme, Metrics: metricsserver.Options{BindAddress: "0"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := (&controller.SandboxReconciler{
+		Client:            mgr.GetClient(),
+		Recorder:          mgr.GetEventRecorder("sandbox-manager"),
+		Assumer:           placement.NewAssumer(30 * time.Second),
+		LeaseNamespace:    "sandbox-system",
+		NodeLostGrace:     30 * time.Second,
+		RestartBackoff:    time.Second,
+		MaxRestartBackoff: 2 * time.Second,
+	}).SetupWithManager(mgr); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- mgr.Start(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("manager stopped with %v", err)
+		}
+	})
+}
+
+func condition(s *sandboxv1alpha1.Sandbox, t string) metav1.Condition {
+	if c := meta.FindStatusCondition(s.Status.Conditions, t); c != nil {
+		return *c
+	}
+	return metav1.Condition{}
+}
+
+// TestAgentRunsSandboxVMs runs the manager and a node agent together: a
+// Sandbox's VM boots from an image served by a local registry, stops when
+// asked, and its deletion waits for the VM to be gone.
+func TestAgentRunsSandboxVMs(t *testing.T) {
+	kernel, modules := vmPrereqs(t)
+	work := t.TempDir()
+	initBin := buildSandboxInit(t, work)
+	host := serveImage(t)
+
+	// Unix socket paths are limited to 107 bytes: a short state dir.
+	stateDir, err := os.MkdirTemp("", "na")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = os.RemoveAll(stateDir) })
+
+	ctx := context.Background()
+	const node = "node-vm"
+	if err := k8sClient.Create(ctx, &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: node, Labels: map[string]string{"kubernetes.io/hostname": node}}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := k8sClient.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "vms"}}); err != nil {
+		t.Fatal(err)
+	}
+	args := testArgs(node)
+	args.AllowEmulation = true
+	args.Labels = nil
+	args.StateDir = stateDir
+	args.KernelPath, args.SandboxInitPath, args.GuestModulesDir = kernel, initBin, modules
+	runManager(t)
+	stop := runAgent(t, args)
+	defer stop()
+
+	newSandbox := func(n, img string) *sandboxv1alpha1.Sandbox {
+		return &sandboxv1alpha1.Sandbox{
+			ObjectMeta: metav1.ObjectMeta{Name: n, Namespace: "vms"},
+			Spec: sandboxv1alpha1.SandboxSpec{
+				Image:      img,
+				Resources:  sandboxv1alpha1.SandboxResources{CPUs: 1, MemoryMiB: 256},
+				Registry:   &sandboxv1alpha1.RegistryOptions{Insecure: true},
+				StopPolicy: sandboxv1alpha1.StopPolicy{GracePeriodSeconds: ptr.To[int64](2)},
+			},
+		}
+	}
+	get := func(g Gomega, s *sandboxv1alpha1.Sandbox) *sandboxv1alpha1.Sandbox {
+		cur := &sandboxv1alpha1.Sandbox{}
+		g.Expect(k8sClient.Get(ctx, client.ObjectKeyFromObject(s), cur)).To(Succeed())
+		return cur
+	}
+
+	t.Run("boots, stops and deletes a VM", func(t *testing.T) {
+		g := NewWithT(t)
+		s := newSandbox("vm1", host+"/small:v1")
+		created := time.Now()
+		g.Expect(k8sClient.Create(ctx, s)).To(Succeed())
+
+		var pid int32
+		g.Eventually(func(g Gomega) {
+			cur := get(g, s)
+			g.Expect(cur.Status.Phase).To(Equal(sandboxv1alpha1.PhaseRunning), "vm: %+v, conditions: %+v", cur.Status.VM, cur.Status.Conditions)
+			g.Expect(cur.Status.VM.PID).To(BeNumerically(">", 0))
+			g.Expect(cur.Status.VM.Accelerator).NotTo(BeEmpty())
+			g.Expect(cur.Status.VM.BootedAt).NotTo(BeNil())
+			g.Expect(condition(cur, sandboxv1alpha1.ConditionImageReady).Status).To(Equal(metav1.ConditionTrue))
+			g.Expect(cur.Status.ImageDigest).To(HavePrefix("sha256:"))
+			g.Expect(cur.Status.Timings).NotTo(BeNil())
+			g.Expect(cur.Status.Timings.ImagePulledMillis).NotTo(BeNil())
+			g.Expect(cur.Status.Timings.VMMStartedMillis).NotTo(BeNil())
+			g.Expect(cur.Status.Timings.GuestReadyMillis).NotTo(BeNil())
+			g.Expect(cur.Status.Timings.ScheduledMillis).NotTo(BeNil(), "the manager's timing is kept")
+			pid = cur.Status.VM.PID
+			t.Logf("timings: scheduled %dms, image %dms, vmm %dms, guest ready %dms",
+				*cur.Status.Timings.ScheduledMillis, *cur.Status.Timings.ImagePulledMillis,
+				*cur.Status.Timings.VMMStartedMillis, *cur.Status.Timings.GuestReadyMillis)
+		}).WithTimeout(30 * time.Second).WithPolling(50 * time.Millisecond).Should(Succeed())
+		t.Logf("create → phase Running: %v", time.Since(created).Round(time.Millisecond))
+		runDir := filepath.Join(stateDir, "vms", string(get(g, s).UID))
+		g.Expect(filepath.Join(runDir, vmm.ConsoleLogFile)).To(BeAnExistingFile())
+		g.Expect(processAlive(int(pid))).To(BeTrue())
+
+		stopAsked := time.Now()
+		cur := get(g, s)
+		cur.Spec.State = sandboxv1alpha1.DesiredStateStopped
+		g.Expect(k8sClient.Update(ctx, cur)).To(Succeed())
+		g.Eventually(func(g Gomega) {
+			cur := get(g, s)
+			g.Expect(cur.Status.Phase).To(Equal(sandboxv1alpha1.PhaseStopped), "vm: %+v", cur.Status.VM)
+			g.Expect(cur.Status.TerminationReason).To(Equal(sandboxv1alpha1.TerminationShutdownRequested))
+			g.Expect(cur.Status.VM.ExitedAt).NotTo(BeNil())
+			g.Expect(condition(cur, sandboxv1alpha1.ConditionDraining).Status).To(Equal(metav1.ConditionFalse))
+		}).WithTimeout(15 * time.Second).WithPolling(50 * time.Millisecond).Should(Succeed())
+		t.Logf("spec.state Stopped → phase Stopped: %v", time.Since(stopAsked).Round(time.Millisecond))
+		g.Expect(processAlive(int(pid))).To(BeFalse(), "QEMU is gone")
+
+		g.Expect(k8sClient.Delete(ctx, s)).To(Succeed())
+		g.Eventually(func() bool {
+			return apierrors.IsNotFound(k8sClient.Get(ctx, client.ObjectKeyFromObject(s), &sandboxv1alpha1.Sandbox{}))
+		}).WithTimeout(10*time.Second).Should(BeTrue(), "both finalizers released")
+		g.Expect(runDir).NotTo(BeADirectory(), "the run directory is removed")
+	})
+
+	t.Run("reports a VMM that exits unasked as InternalError", func(t *testing.T) {
+		g := NewWithT(t)
+		s := newSandbox("vm2", host+"/small:v1")
+		s.Spec.RestartPolicy = sandboxv1alpha1.RestartNever
+		g.Expect(k8sClient.Create(ctx, s)).To(Succeed())
+		var pid int32
+		g.Eventually(func(g Gomega) {
+			cur := get(g, s)
+			g.Expect(cur.Status.Phase).To(Equal(sandboxv1alpha1.PhaseRunning))
+			pid = cur.Status.VM.PID
+		}).WithTimeout(30 * time.Second).WithPolling(50 * time.Millisecond).Should(Succeed())
+		g.Expect(syscall.Kill(int(pid), syscall.SIGKILL)).To(Succeed())
+		g.Eventually(func(g Gomega) {
+			cur := get(g, s)
+			g.Expect(cur.Status.Phase).To(Equal(sandboxv1alpha1.PhaseCrashed))
+			g.Expect(cur.Status.VM.ExitReason).To(Equal(sandboxv1alpha1.TerminationInternalError))
+			g.Expect(cur.Status.VM.Message).To(ContainSubstring("console:"))
+		}).WithTimeout(10 * time.Second).Should(Succeed())
+		g.Expect(k8sClient.Delete(ctx, s)).To(Succeed())
+		g.Eventually(func() bool {
+			return apierrors.IsNotFound(k8sClient.Get(ctx, client.ObjectKeyFromObject(s), &sandboxv1alpha1.Sandbox{}))
+		}).WithTimeout(10 * time.Second).Should(BeTrue())
+	})
+
+	t.Run("reports a failed pull", func(t *testing.T) {
+		g := NewWithT(t)
+		s := newSandbox("badimage", host+"/nothing:here")
+		g.Expect(k8sClient.Create(ctx, s)).To(Succeed())
+		g.Eventually(func(g Gomega) {
+			cur := get(g, s)
+			c := condition(cur, sandboxv1alpha1.ConditionImageReady)
+			g.Expect(c.Status).To(Equal(metav1.ConditionFalse))
+			g.Expect(c.Reason).To(Equal(sandboxv1alpha1.ReasonErrImagePull))
+			g.Expect(c.Message).NotTo(BeEmpty())
+			g.Expect(cur.Status.Phase).To(Equal(sandboxv1alpha1.PhaseStarting))
+			g.Expect(cur.Status.VM.State).To(Equal(sandboxv1alpha1.VMPulling))
+		}).WithTimeout(15 * time.Second).Should(Succeed())
+
+		g.Expect(k8sClient.Delete(ctx, s)).To(Succeed())
+		g.Eventually(func() bool {
+			return apierrors.IsNotFound(k8sClient.Get(ctx, client.ObjectKeyFromObject(s), &sandboxv1alpha1.Sandbox{}))
+		}).WithTimeout(10 * time.Second).Should(BeTrue())
+	})
+}
+
+func processAlive(pid int) bool {
+	b, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "stat"))
+	if err != nil {
+		return false
+	}
+	// A zombie (state Z) is gone for this purpose.
+	i := bytes.LastIndexByte(b, ')')
+	return i < 0 || !bytes.HasPrefix(bytes.TrimSpace(b[i+1:]), []byte("Z"))
+}
