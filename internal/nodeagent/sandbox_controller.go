@@ -294,8 +294,18 @@ func (r *SandboxReconciler) observe(sbx *sandboxv1alpha1.Sandbox, st *sandboxSta
 		vm.State = sandboxv1alpha1.VMExited
 		vm.ExitedAt = ptr.To(metaTime(snap.exitedAt))
 		vm.ExitCode = snap.exitCode
+		if snap.mainExit != nil {
+			// The exit code is the main process's, not QEMU's.
+			vm.ExitCode = ptrInt32(mainExitCode(*snap.mainExit))
+		}
 		if snap.stopAsked {
 			vm.ExitReason = snap.stopWhy
+			if snap.stopWhy == sandboxv1alpha1.TerminationFailed && snap.mainExit != nil {
+				vm.Message = mainExitMessage(*snap.mainExit, snap.mainError)
+				if len(vm.Message) > maxMessage {
+					vm.Message = vm.Message[:maxMessage]
+				}
+			}
 			setCond(st, sbx, sandboxv1alpha1.ConditionDraining, metav1.ConditionFalse, sandboxv1alpha1.ReasonNotDraining, "The VM exited")
 		} else {
 			vm.ExitReason = sandboxv1alpha1.TerminationInternalError
@@ -394,9 +404,14 @@ func (r *SandboxReconciler) start(ctx context.Context, sbx *sandboxv1alpha1.Sand
 		return fail("Failed to start the VMM: " + err.Error())
 	}
 	st.report.Timings.VMMStartedMillis = ptr.To(time.Since(started).Milliseconds())
+	grace := defaultGrace
+	if g := sbx.Spec.StopPolicy.GracePeriodSeconds; g != nil {
+		grace = time.Duration(*g) * time.Second
+	}
 	h := &vmHandle{
 		key: types.NamespacedName{Namespace: sbx.Namespace, Name: sbx.Name}, run: sbx.Status.Run,
 		vm: vm, runDir: runDir, accel: r.accel, pid: int32(vm.Process().PID), start: started,
+		main: mainProcess(sbx, img.Config), grace: grace,
 	}
 	st.handle = h
 	st.report.VM.State = sandboxv1alpha1.VMBooting

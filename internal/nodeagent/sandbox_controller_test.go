@@ -83,22 +83,47 @@ func buildSandboxInit(t *testing.T, dir string) string {
 	return bin
 }
 
+// imageFile is a file of a test image's layer.
+type imageFile struct {
+	name string
+	mode int64
+	data []byte
+}
+
 // serveImage serves a one-file linux/amd64 image as <host>/small:v1 from an
-// in-memory registry and returns the registry's host.
-func serveImage(t *testing.T) string {
+// in-memory registry, and the same with extra as <host>/small:extra, and
+// returns the registry's host.
+func serveImage(t *testing.T, extra ...imageFile) string {
 	t.Helper()
 	srv := httptest.NewServer(registry.New(registry.Logger(log.New(io.Discard, "", 0))))
 	t.Cleanup(srv.Close)
 	host := strings.TrimPrefix(srv.URL, "http://")
 
+	base := []imageFile{{name: "hello.txt", mode: 0o644, data: []byte("hello from the image\n")}}
+	pushImage(t, host+"/small:v1", base)
+	pushImage(t, host+"/small:extra", append(base, extra...))
+	return host
+}
+
+// pushImage pushes a one-layer linux/amd64 image of files to ref.
+func pushImage(t *testing.T, ref string, files []imageFile) {
+	t.Helper()
 	var buf bytes.Buffer
 	tw := tar.NewWriter(&buf)
-	content := []byte("hello from the image\n")
-	if err := tw.WriteHeader(&tar.Header{Name: "hello.txt", Mode: 0o644, Size: int64(len(content)), Typeflag: tar.TypeReg}); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := tw.Write(content); err != nil {
-		t.Fatal(err)
+	dirs := map[string]bool{}
+	for _, f := range files {
+		if d := filepath.Dir(f.name); d != "." && !dirs[d] {
+			dirs[d] = true
+			if err := tw.WriteHeader(&tar.Header{Name: d + "/", Mode: 0o755, Typeflag: tar.TypeDir}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := tw.WriteHeader(&tar.Header{Name: f.name, Mode: f.mode, Size: int64(len(f.data)), Typeflag: tar.TypeReg}); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := tw.Write(f.data); err != nil {
+			t.Fatal(err)
+		}
 	}
 	if err := tw.Close(); err != nil {
 		t.Fatal(err)
@@ -114,14 +139,54 @@ func serveImage(t *testing.T) string {
 	if img, err = mutate.AppendLayers(img, layer); err != nil {
 		t.Fatal(err)
 	}
-	ref, err := name.ParseReference(host+"/small:v1", name.Insecure)
+	r, err := name.ParseReference(ref, name.Insecure)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := remote.Write(ref, img); err != nil {
+	if err := remote.Write(r, img); err != nil {
 		t.Fatal(err)
 	}
-	return host
+}
+
+// exit3Source is a program that prints its FOO and exits with code 3.
+const exit3Source = `package main
+
+import (
+	"fmt"
+	"os"
+)
+
+func main() {
+	fmt.Println("FOO=" + os.Getenv("FOO"))
+	os.Exit(3)
+}
+`
+
+// buildExit3 compiles exit3Source (static) and returns the binary.
+func buildExit3(t *testing.T, dir string) []byte {
+	t.Helper()
+	src := filepath.Join(dir, "exit3")
+	if err := os.MkdirAll(src, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(src, "main.go"), []byte(exit3Source), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(src, "go.mod"), []byte("module exit3\n\ngo 1.22\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	bin := filepath.Join(dir, "exit3.bin")
+	build := exec.Command("go", "build", "-ldflags=-s -w", "-o", bin, ".")
+	build.Dir = src
+	build.Env = append(os.Environ(), "CGO_ENABLED=0", "GOOS=linux", "GOARCH=amd64", "GOFLAGS=", "GOWORK=off")
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("building exit3: %v\n%s", err, out)
+	}
+	b, err := os.ReadFile(bin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
 }
 
 // runManager runs the real manager-side Sandbox reconciler until the test
@@ -171,7 +236,7 @@ func TestAgentRunsSandboxVMs(t *testing.T) {
 	kernel, modules := vmPrereqs(t)
 	work := t.TempDir()
 	initBin := buildSandboxInit(t, work)
-	host := serveImage(t)
+	host := serveImage(t, imageFile{name: "bin/exit3", mode: 0o755, data: buildExit3(t, work)})
 
 	// Unix socket paths are limited to 107 bytes: a short state dir.
 	stateDir, err := os.MkdirTemp("", "na")
@@ -283,6 +348,34 @@ func TestAgentRunsSandboxVMs(t *testing.T) {
 			g.Expect(cur.Status.VM.ExitReason).To(Equal(sandboxv1alpha1.TerminationInternalError))
 			g.Expect(cur.Status.VM.Message).To(ContainSubstring("console:"))
 		}).WithTimeout(10 * time.Second).Should(Succeed())
+		g.Expect(k8sClient.Delete(ctx, s)).To(Succeed())
+		g.Eventually(func() bool {
+			return apierrors.IsNotFound(k8sClient.Get(ctx, client.ObjectKeyFromObject(s), &sandboxv1alpha1.Sandbox{}))
+		}).WithTimeout(10 * time.Second).Should(BeTrue())
+	})
+
+	t.Run("runs the main process and reports its exit", func(t *testing.T) {
+		g := NewWithT(t)
+		s := newSandbox("exit3", host+"/small:extra")
+		s.Spec.RestartPolicy = sandboxv1alpha1.RestartNever
+		s.Spec.Runtime = &sandboxv1alpha1.RuntimeOptions{Entrypoint: []string{"/bin/exit3"}}
+		s.Spec.Env = []sandboxv1alpha1.EnvVar{{Name: "FOO", Value: "bar"}}
+		created := time.Now()
+		g.Expect(k8sClient.Create(ctx, s)).To(Succeed())
+		g.Eventually(func(g Gomega) {
+			cur := get(g, s)
+			g.Expect(cur.Status.Phase).To(Equal(sandboxv1alpha1.PhaseStopped), "vm: %+v", cur.Status.VM)
+			g.Expect(cur.Status.TerminationReason).To(Equal(sandboxv1alpha1.TerminationFailed))
+			g.Expect(cur.Status.ExitCode).To(Equal(ptr.To[int32](3)))
+			g.Expect(cur.Status.VM.ExitReason).To(Equal(sandboxv1alpha1.TerminationFailed))
+			g.Expect(cur.Status.VM.ExitedAt).NotTo(BeNil())
+		}).WithTimeout(30 * time.Second).WithPolling(50 * time.Millisecond).Should(Succeed())
+		t.Logf("create → phase Stopped (exit 3): %v", time.Since(created).Round(time.Millisecond))
+		runDir := filepath.Join(stateDir, "vms", string(get(g, s).UID))
+		console, err := os.ReadFile(filepath.Join(runDir, vmm.ConsoleLogFile))
+		g.Expect(err).NotTo(HaveOccurred())
+		g.Expect(string(console)).To(ContainSubstring("FOO=bar"), "the program's output goes to the console")
+
 		g.Expect(k8sClient.Delete(ctx, s)).To(Succeed())
 		g.Eventually(func() bool {
 			return apierrors.IsNotFound(k8sClient.Get(ctx, client.ObjectKeyFromObject(s), &sandboxv1alpha1.Sandbox{}))

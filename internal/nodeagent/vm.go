@@ -3,12 +3,14 @@ package nodeagent
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"os"
 	"strings"
 	"sync"
 	"time"
 
+	"golang.org/x/sys/unix"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"sigs.k8s.io/controller-runtime/pkg/event"
@@ -35,6 +37,10 @@ type vmHandle struct {
 	accel  sandboxv1alpha1.Accelerator
 	pid    int32
 	start  time.Time
+	// main is the main process to start after the handshake (nil: none).
+	main *protocol.Start
+	// grace is the stop grace used when the main process ended.
+	grace time.Duration
 
 	mu        sync.Mutex
 	conn      net.Conn
@@ -43,7 +49,9 @@ type vmHandle struct {
 	exitCode  *int32
 	stopAsked bool
 	stopWhy   sandboxv1alpha1.TerminationReason
-	failure   string // why the guest never said Hello, if so
+	failure   string         // why the guest never said Hello, if so
+	mainExit  *protocol.Exit // the main process's end, once the guest reported it
+	mainError string         // the guest's error about the main process, if any
 }
 
 // snapshot is what the reconciler reads from a handle.
@@ -53,17 +61,19 @@ type vmSnapshot struct {
 	stopAsked          bool
 	stopWhy            sandboxv1alpha1.TerminationReason
 	failure            string
+	mainExit           *protocol.Exit
+	mainError          string
 }
 
 func (h *vmHandle) snapshot() vmSnapshot {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	return vmSnapshot{bootedAt: h.bootedAt, exitedAt: h.exitedAt, exitCode: h.exitCode,
-		stopAsked: h.stopAsked, stopWhy: h.stopWhy, failure: h.failure}
+		stopAsked: h.stopAsked, stopWhy: h.stopWhy, failure: h.failure, mainExit: h.mainExit, mainError: h.mainError}
 }
 
-// watch waits for the guest's Hello and for QEMU's exit, and asks for a
-// reconcile of the Sandbox after each.
+// watch waits for the guest's Hello, the main process's exit and QEMU's
+// exit, and asks for a reconcile of the Sandbox after each.
 func (h *vmHandle) watch(ctx context.Context, notify chan<- event.GenericEvent) {
 	trigger := func() {
 		obj := &sandboxv1alpha1.Sandbox{}
@@ -74,7 +84,8 @@ func (h *vmHandle) watch(ctx context.Context, notify chan<- event.GenericEvent) 
 		}
 	}
 	go func() {
-		if err := h.awaitHello(ctx); err != nil {
+		conn, err := h.awaitHello(ctx)
+		if err != nil {
 			h.mu.Lock()
 			h.failure = err.Error()
 			h.mu.Unlock()
@@ -83,6 +94,7 @@ func (h *vmHandle) watch(ctx context.Context, notify chan<- event.GenericEvent) 
 			return
 		}
 		trigger()
+		h.serveGuest(conn, trigger)
 	}()
 	select {
 	case <-h.vm.Done():
@@ -108,13 +120,14 @@ func (h *vmHandle) watch(ctx context.Context, notify chan<- event.GenericEvent) 
 
 func ptrInt32(v int32) *int32 { return &v }
 
-// awaitHello accepts the guest agent's connection and reads its Hello.
-func (h *vmHandle) awaitHello(ctx context.Context) error {
+// awaitHello accepts the guest agent's connection, reads its Hello,
+// answers HelloAck and sends the main process's Start, if any.
+func (h *vmHandle) awaitHello(ctx context.Context) (net.Conn, error) {
 	ctx, cancel := context.WithTimeout(ctx, helloTimeout)
 	defer cancel()
 	conn, err := h.vm.AcceptAgent(ctx)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	if d, ok := ctx.Deadline(); ok {
 		_ = conn.SetReadDeadline(d)
@@ -122,44 +135,113 @@ func (h *vmHandle) awaitHello(ctx context.Context) error {
 	f, err := protocol.ReadFrame(conn)
 	if err != nil {
 		_ = conn.Close()
-		return err
+		return nil, err
 	}
 	var hello protocol.Hello
 	if f.Type != protocol.TypeHello {
 		_ = conn.Close()
-		return errors.New("the guest's first frame is not Hello")
+		return nil, errors.New("the guest's first frame is not Hello")
 	}
 	if err := protocol.Decode(f, &hello); err != nil {
 		_ = conn.Close()
-		return err
+		return nil, err
 	}
 	version, err := protocol.Negotiate(protocol.Version, hello.Version)
 	if err != nil {
 		_ = conn.Close()
-		return err
+		return nil, err
 	}
 	ack, err := protocol.Encode(0, protocol.TypeHelloAck, protocol.HelloAck{Version: version})
 	if err == nil {
 		err = protocol.WriteFrame(conn, ack)
 	}
+	if err == nil && h.main != nil {
+		// Sent before h.conn is set: stop cannot write concurrently.
+		var start protocol.Frame
+		if start, err = protocol.Encode(0, protocol.TypeStart, *h.main); err == nil {
+			err = protocol.WriteFrame(conn, start)
+		}
+	}
 	if err != nil {
 		_ = conn.Close()
-		return err
+		return nil, err
 	}
 	_ = conn.SetReadDeadline(time.Time{})
 	h.mu.Lock()
 	h.conn, h.bootedAt = conn, time.Now()
 	h.mu.Unlock()
-	// Drain what the guest sends until the connection ends, so that it
-	// never blocks on a full port.
-	go func() {
-		for {
-			if _, err := protocol.ReadFrame(conn); err != nil {
-				return
+	return conn, nil
+}
+
+// serveGuest reads what the guest sends until the connection ends (so that
+// it never blocks on a full port). When the main process ends it records
+// its exit, asks for a reconcile and stops the VM: the run is over.
+func (h *vmHandle) serveGuest(conn net.Conn, trigger func()) {
+	for {
+		f, err := protocol.ReadFrame(conn)
+		if err != nil {
+			return
+		}
+		if f.Stream != 0 {
+			continue
+		}
+		switch f.Type {
+		case protocol.TypeError:
+			var e protocol.Error
+			if protocol.Decode(f, &e) == nil {
+				h.mu.Lock()
+				h.mainError = e.Message
+				h.mu.Unlock()
+			}
+		case protocol.TypeExit:
+			var ex protocol.Exit
+			if protocol.Decode(f, &ex) != nil {
+				continue
+			}
+			h.mu.Lock()
+			if h.mainExit != nil {
+				h.mu.Unlock()
+				continue
+			}
+			h.mainExit = &ex
+			stopping := h.stopAsked
+			if !stopping {
+				h.stopAsked = true
+				h.stopWhy = sandboxv1alpha1.TerminationCompleted
+				if ex.Code != 0 || ex.Signal != "" {
+					h.stopWhy = sandboxv1alpha1.TerminationFailed
+				}
+			}
+			h.mu.Unlock()
+			trigger()
+			if !stopping {
+				go h.stop(sandboxv1alpha1.StopGraceful, h.grace)
 			}
 		}
-	}()
-	return nil
+	}
+}
+
+// exitCode is the status's exit code of a main process's end: its code, or
+// 128 + the signal's number when a signal killed it (as shells report it).
+func mainExitCode(ex protocol.Exit) int32 {
+	if ex.Signal != "" {
+		if n := unix.SignalNum(ex.Signal); n != 0 {
+			return 128 + int32(n)
+		}
+	}
+	return int32(ex.Code)
+}
+
+// mainExitMessage describes a main process's end for the status.
+func mainExitMessage(ex protocol.Exit, guestErr string) string {
+	msg := fmt.Sprintf("The main process exited with code %d", ex.Code)
+	if ex.Signal != "" {
+		msg = "The main process was killed by " + ex.Signal
+	}
+	if guestErr != "" {
+		msg += ": " + guestErr
+	}
+	return msg
 }
 
 // stop asks the guest to shut down (mode Kill: kills at once) and kills the

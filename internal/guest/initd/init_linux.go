@@ -9,11 +9,13 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"time"
 
 	"golang.org/x/sys/unix"
 
 	"github.com/microvm-dev/sandbox-operator/internal/guest/initramfs"
+	"github.com/microvm-dev/sandbox-operator/internal/guest/protocol"
 )
 
 // portWait bounds the wait for the agent port after the modules are loaded
@@ -46,6 +48,15 @@ func run(boot int64, logf func(string, ...any)) error {
 	}
 	logf("loaded %d modules in %v", n, time.Since(t0).Round(time.Millisecond))
 
+	// The workload's root is assembled while the host is greeted; a Start
+	// waits for it. Without a root disk only a Start fails.
+	root := sync.OnceValue(func() error { return prepareRoot(logf) })
+	go func() {
+		if err := root(); err != nil {
+			logf("preparing the root filesystem: %v", err)
+		}
+	}()
+
 	cmdline, err := os.ReadFile("/proc/cmdline")
 	if err != nil {
 		return err
@@ -63,7 +74,10 @@ func run(boot int64, logf func(string, ...any)) error {
 
 	go watchPowerButton(logf)
 
-	s := &Session{Port: port, BootNanos: boot, Logf: logf}
+	s := &Session{Port: port, BootNanos: boot, Logf: logf,
+		RunMain: func(st protocol.Start) (func() protocol.Exit, error) {
+			return startMain(root, RootMnt, st, logf)
+		}}
 	return s.Serve()
 }
 

@@ -160,3 +160,92 @@ func TestSessionEndsWhenThePortCloses(t *testing.T) {
 	g.Expect(host.Close()).To(Succeed())
 	g.Eventually(done).WithTimeout(time.Second).Should(Receive(MatchError(ContainSubstring("reading from the port"))))
 }
+
+func TestLookPath(t *testing.T) {
+	g := NewWithT(t)
+	root := t.TempDir()
+	for _, d := range []string{"bin", "usr/bin"} {
+		g.Expect(os.MkdirAll(filepath.Join(root, d), 0o755)).To(Succeed())
+	}
+	g.Expect(os.WriteFile(filepath.Join(root, "usr/bin/tool"), nil, 0o755)).To(Succeed())
+	g.Expect(os.WriteFile(filepath.Join(root, "bin/data"), nil, 0o644)).To(Succeed())
+	g.Expect(os.Symlink("/usr/bin/tool", filepath.Join(root, "bin/link"))).To(Succeed())
+
+	for _, tc := range []struct {
+		file string
+		env  []string
+		want string
+	}{
+		{file: "tool", want: "/usr/bin/tool"}, // the default PATH
+		{file: "tool", env: []string{"PATH=/bin:/usr/bin"}, want: "/usr/bin/tool"},
+		{file: "link", env: []string{"PATH=/bin"}, want: "/bin/link"}, // a symlink, not followed
+		{file: "./rel", want: "./rel"},                                // a '/' skips the search
+		{file: "tool", env: []string{"PATH=/bin", "PATH=/usr/bin"}, want: "/usr/bin/tool"},
+	} {
+		got, err := LookPath(root, tc.file, tc.env)
+		g.Expect(err).NotTo(HaveOccurred(), tc.file)
+		g.Expect(got).To(Equal(tc.want), tc.file)
+	}
+	for _, file := range []string{"data", "missing", ""} {
+		_, err := LookPath(root, file, []string{"PATH=/bin"})
+		g.Expect(err).To(HaveOccurred(), file)
+	}
+}
+
+func TestSessionStartsTheMainProcessAndReportsItsExit(t *testing.T) {
+	g := NewWithT(t)
+	guest, host := net.Pipe()
+	got := make(chan protocol.Start, 1)
+	s := &Session{Port: guest, Logf: t.Logf, RunMain: func(st protocol.Start) (func() protocol.Exit, error) {
+		got <- st
+		return func() protocol.Exit { return protocol.Exit{Code: 3} }, nil
+	}}
+	stopped := make(chan struct{})
+	go func() { _ = s.Serve(); _ = guest.Close(); close(stopped) }()
+	t.Cleanup(func() { _ = host.Close(); <-stopped })
+
+	_, err := protocol.ReadFrame(host)
+	g.Expect(err).NotTo(HaveOccurred())
+	send(t, host, 0, protocol.TypeHelloAck, protocol.HelloAck{Version: 1})
+	start := protocol.Start{Argv: []string{"/bin/exit3"}, Env: []string{"FOO=bar"}, Dir: "/"}
+	send(t, host, 0, protocol.TypeStart, start)
+	g.Eventually(got).Should(Receive(Equal(start)))
+	f, err := protocol.ReadFrame(host)
+	g.Expect(err).NotTo(HaveOccurred())
+	g.Expect(f.Type).To(Equal(protocol.TypeExit))
+	g.Expect(f.Stream).To(Equal(uint32(0)))
+	var exit protocol.Exit
+	g.Expect(protocol.Decode(f, &exit)).To(Succeed())
+	g.Expect(exit).To(Equal(protocol.Exit{Code: 3}))
+
+	// A second start is refused.
+	send(t, host, 0, protocol.TypeStart, start)
+	f, err = protocol.ReadFrame(host)
+	g.Expect(err).NotTo(HaveOccurred())
+	g.Expect(f.Type).To(Equal(protocol.TypeError))
+}
+
+func TestSessionReportsAMainProcessThatCannotStart(t *testing.T) {
+	g := NewWithT(t)
+	guest, host := net.Pipe()
+	s := &Session{Port: guest, Logf: t.Logf, RunMain: func(protocol.Start) (func() protocol.Exit, error) {
+		return nil, os.ErrNotExist
+	}}
+	stopped := make(chan struct{})
+	go func() { _ = s.Serve(); _ = guest.Close(); close(stopped) }()
+	t.Cleanup(func() { _ = host.Close(); <-stopped })
+
+	_, err := protocol.ReadFrame(host)
+	g.Expect(err).NotTo(HaveOccurred())
+	send(t, host, 0, protocol.TypeHelloAck, protocol.HelloAck{Version: 1})
+	send(t, host, 0, protocol.TypeStart, protocol.Start{Argv: []string{"nope"}})
+	f, err := protocol.ReadFrame(host)
+	g.Expect(err).NotTo(HaveOccurred())
+	g.Expect(f.Type).To(Equal(protocol.TypeError))
+	f, err = protocol.ReadFrame(host)
+	g.Expect(err).NotTo(HaveOccurred())
+	g.Expect(f.Type).To(Equal(protocol.TypeExit))
+	var exit protocol.Exit
+	g.Expect(protocol.Decode(f, &exit)).To(Succeed())
+	g.Expect(exit.Code).To(Equal(startFailedCode))
+}

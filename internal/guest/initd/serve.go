@@ -30,8 +30,12 @@ type Session struct {
 	// Shutdown is the host's shutdown request (after Serve returned
 	// ErrShutdown).
 	Shutdown protocol.Shutdown
+	// RunMain starts the sandbox's main process (TypeStart) and returns a
+	// function that waits for its end. nil refuses TypeStart.
+	RunMain func(protocol.Start) (wait func() protocol.Exit, err error)
 
-	wmu sync.Mutex
+	wmu     sync.Mutex
+	started bool
 }
 
 func (s *Session) send(stream uint32, t protocol.Type, msg any) error {
@@ -79,6 +83,26 @@ func (s *Session) Serve() error {
 				return err
 			}
 			return ErrShutdown
+		case protocol.TypeStart:
+			var st protocol.Start
+			if err := protocol.Decode(f, &st); err != nil {
+				return err
+			}
+			if s.started || s.RunMain == nil || len(st.Argv) == 0 {
+				msg := "the main process is already started"
+				if !s.started {
+					msg = "this agent cannot start a main process"
+					if len(st.Argv) == 0 {
+						msg = "start: empty argv"
+					}
+				}
+				if err := s.send(0, protocol.TypeError, protocol.Error{Message: msg}); err != nil {
+					return fmt.Errorf("answering start: %w", err)
+				}
+				continue
+			}
+			s.started = true
+			go s.runMain(st)
 		case protocol.TypeExec:
 			// Not yet: the workload root and process supervision come with the
 			// node agent. Answer so that the host does not wait forever.
@@ -89,5 +113,30 @@ func (s *Session) Serve() error {
 			// Types are only ever added: ignore one this version does not know.
 			s.Logf("ignoring a frame of unknown type %d on stream %d", f.Type, f.Stream)
 		}
+	}
+}
+
+// startFailedCode is the exit code reported when the main process could not
+// be started (as a shell reports a command it cannot run).
+const startFailedCode = 127
+
+// runMain starts the main process, waits for it and reports its end with
+// TypeExit on stream 0 (after a TypeError when it could not start). The VM
+// keeps running: the host decides what happens next.
+func (s *Session) runMain(st protocol.Start) {
+	wait, err := s.RunMain(st)
+	var exit protocol.Exit
+	if err != nil {
+		s.Logf("starting the main process %q: %v", st.Argv[0], err)
+		if err := s.send(0, protocol.TypeError, protocol.Error{Message: "starting the main process: " + err.Error()}); err != nil {
+			s.Logf("reporting the start failure: %v", err)
+		}
+		exit = protocol.Exit{Code: startFailedCode}
+	} else {
+		exit = wait()
+		s.Logf("the main process exited: code %d, signal %q", exit.Code, exit.Signal)
+	}
+	if err := s.send(0, protocol.TypeExit, exit); err != nil {
+		s.Logf("reporting the main process's exit: %v", err)
 	}
 }

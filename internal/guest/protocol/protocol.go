@@ -53,6 +53,9 @@ const (
 	TypeExit Type = 4
 	// TypeError (either way, any stream, JSON Error): a request failed.
 	TypeError Type = 5
+	// TypeStart (host → guest, stream 0, JSON Start; version 1): start the
+	// sandbox's main process; the guest sends TypeExit when it ends.
+	TypeStart Type = 6
 	// TypeExec (host → guest, new stream, JSON Exec): start a process.
 	TypeExec Type = 16
 	// TypeStdin (host → guest, raw): input for a process; FlagEnd closes it.
@@ -163,6 +166,17 @@ type Exec struct {
 	Env  []string `json:"env,omitempty"`
 	Dir  string   `json:"dir,omitempty"`
 	User string   `json:"user,omitempty"`
+}
+
+// Start is the run configuration of the sandbox's main process.
+type Start struct {
+	// Argv is the command line; Argv[0] is resolved against the PATH in Env
+	// inside the guest's root when it has no '/'.
+	Argv []string `json:"argv"`
+	// Env is the environment, KEY=VALUE.
+	Env []string `json:"env,omitempty"`
+	// Dir is the working directory inside the guest's root ("" is "/").
+	Dir string `json:"dir,omitempty"`
 }
 
 // Signal signals a process.
