@@ -65,7 +65,7 @@ Use it with:
 
 The node agent registers this machine as SandboxNode "local", pulls each placed Sandbox's
 image and boots it as a QEMU microVM (KVM, else TCG; DEV_ACCELERATOR=tcg forces emulation).
-The guest agent answers (phase Running) but does not run the image's entrypoint yet. The
+The guest runs the image's entrypoint (phase Running; Stopped with its exit code). The
 samples' images come from Docker Hub: without internet they stay Starting with ImageReady=False.
 MSG
 
