@@ -40,36 +40,8 @@ import (
 	"github.com/microvm-dev/sandbox-operator/internal/controller"
 	"github.com/microvm-dev/sandbox-operator/internal/placement"
 	"github.com/microvm-dev/sandbox-operator/internal/vmm"
+	"github.com/microvm-dev/sandbox-operator/internal/vmm/vmtest"
 )
-
-const requireVMEnv = "SANDBOX_REQUIRE_VM"
-
-var guestDir = filepath.Join("..", "..", "bin", "guest")
-
-// vmPrereqs returns the guest kernel and modules directory, or skips (fails
-// under SANDBOX_REQUIRE_VM=1) when the kernel or QEMU is missing.
-func vmPrereqs(t *testing.T) (kernel, modules string) {
-	t.Helper()
-	kernel, modules = filepath.Join(guestDir, "vmlinux"), filepath.Join(guestDir, "modules")
-	var missing []string
-	if _, err := os.Stat(kernel); err != nil {
-		missing = append(missing, kernel+" (run make guest-kernel)")
-	}
-	if _, err := exec.LookPath(vmm.DefaultQEMUBinary); err != nil {
-		missing = append(missing, vmm.DefaultQEMUBinary+" (run hack/setup.sh)")
-	}
-	if _, err := exec.LookPath("mkfs.ext4"); err != nil {
-		missing = append(missing, "mkfs.ext4 (e2fsprogs)")
-	}
-	if len(missing) > 0 {
-		msg := "cannot boot a microVM: missing " + strings.Join(missing, ", ")
-		if os.Getenv(requireVMEnv) == "1" {
-			t.Fatal(msg + "; " + requireVMEnv + "=1 requires it")
-		}
-		t.Skip(msg + "; set " + requireVMEnv + "=1 to make this a failure")
-	}
-	return kernel, modules
-}
 
 // buildSandboxInit compiles sandbox-init (static) into dir.
 func buildSandboxInit(t *testing.T, dir string) string {
@@ -233,7 +205,7 @@ func condition(s *sandboxv1alpha1.Sandbox, t string) metav1.Condition {
 // Sandbox's VM boots from an image served by a local registry, stops when
 // asked, and its deletion waits for the VM to be gone.
 func TestAgentRunsSandboxVMs(t *testing.T) {
-	kernel, modules := vmPrereqs(t)
+	kernel, modules := vmtest.Prereqs(t, "mkfs.ext4")
 	work := t.TempDir()
 	initBin := buildSandboxInit(t, work)
 	host := serveImage(t, imageFile{name: "bin/exit3", mode: 0o755, data: buildExit3(t, work)})

@@ -17,36 +17,8 @@ import (
 	"github.com/microvm-dev/sandbox-operator/internal/guest/initramfs"
 	"github.com/microvm-dev/sandbox-operator/internal/guest/protocol"
 	"github.com/microvm-dev/sandbox-operator/internal/vmm"
+	"github.com/microvm-dev/sandbox-operator/internal/vmm/vmtest"
 )
-
-// requireVMEnv makes a missing kernel or QEMU a failure instead of a skip
-// (make test sets it, so that CI cannot pass without booting a VM).
-const requireVMEnv = "SANDBOX_REQUIRE_VM"
-
-// guestDir is where hack/setup-guest-kernel.sh puts the kernel.
-var guestDir = filepath.Join("..", "..", "bin", "guest")
-
-// bootPrereqs returns the kernel and modules directory, or skips (fails
-// under SANDBOX_REQUIRE_VM=1) when the kernel or QEMU is missing.
-func bootPrereqs(t *testing.T) (kernel, modules string) {
-	t.Helper()
-	kernel, modules = filepath.Join(guestDir, "vmlinux"), filepath.Join(guestDir, "modules")
-	var missing []string
-	if _, err := os.Stat(kernel); err != nil {
-		missing = append(missing, kernel+" (run make guest-kernel)")
-	}
-	if _, err := exec.LookPath(vmm.DefaultQEMUBinary); err != nil {
-		missing = append(missing, vmm.DefaultQEMUBinary+" (run hack/setup.sh)")
-	}
-	if len(missing) > 0 {
-		msg := "cannot boot a microVM: missing " + strings.Join(missing, ", ")
-		if os.Getenv(requireVMEnv) == "1" {
-			t.Fatal(msg + "; " + requireVMEnv + "=1 requires it")
-		}
-		t.Skip(msg + "; set " + requireVMEnv + "=1 to make this a failure")
-	}
-	return kernel, modules
-}
 
 // buildInitrd compiles sandbox-init (static) and packs it with the default
 // modules.
@@ -83,7 +55,7 @@ func consoleTail(paths vmm.Paths, n int) string {
 // greets the host over the virtio-serial agent port and powers the VM off
 // when asked to.
 func TestBootMicroVM(t *testing.T) {
-	kernel, modules := bootPrereqs(t)
+	kernel, modules := vmtest.Prereqs(t)
 	g := NewWithT(t)
 	work := t.TempDir()
 	initrd := buildInitrd(t, work, modules)
