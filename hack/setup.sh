@@ -3,7 +3,8 @@
 # machine, idempotently: git, make and gcc; QEMU (qemu-system-x86, for the
 # microVMs under TCG or KVM), e2fsprogs (mkfs.ext4 -d builds root disks),
 # lz4 (unpacks the guest kernel's vmlinux) and kmod (depmod for the guest
-# kernel's modules.dep). Go is expected at /usr/local/go; the control plane
+# kernel's modules.dep), busybox-static (the tests build their guest images
+# from its static binary, with no registry on the internet). Go is expected at /usr/local/go; the control plane
 # is built from Go modules by hack/build-control-plane.sh and the guest
 # kernel is unpacked from Debian's package by hack/setup-guest-kernel.sh.
 #
@@ -21,6 +22,8 @@ for cmd in git make gcc qemu-system-x86_64 mkfs.ext4 lz4 depmod; do
   # depmod and mkfs.ext4 live in /usr/sbin, which a non-root PATH may lack.
   command -v "$cmd" >/dev/null 2>&1 || [ -x "/usr/sbin/$cmd" ] || [ -x "/sbin/$cmd" ] || pkgs+=("${pkg_of[$cmd]}")
 done
+# Debian's plain busybox package is dynamically linked: ask for the static one.
+dpkg-query -W -f='${Status}' busybox-static 2>/dev/null | grep -q "ok installed" || pkgs+=(busybox-static)
 if [ ${#pkgs[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
     echo "setup: installing ${pkgs[*]}" >&2

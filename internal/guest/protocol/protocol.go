@@ -15,7 +15,14 @@
 //
 // Versioning: the guest's first frame is Hello with its protocol version;
 // the host answers HelloAck with the version both will speak
-// (min(host, guest)). Message types are only ever added, each with the
+// (min(host, guest)).
+//
+// Reconnection: the node agent may restart while the VM runs. The guest
+// then sees its port close (a read returns 0 bytes: no host) and, when the
+// next host connects, says Hello again on the new connection with the state
+// of its main process (Hello.Main), so that the new agent re-adopts the VM
+// without restarting anything. A write made while no host is connected
+// blocks until one is, so nothing the guest reports is lost. Message types are only ever added, each with the
 // version that introduced it; a peer ignores a type it does not know unless
 // the frame asks for an answer.
 package protocol
@@ -26,6 +33,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"time"
 )
 
 // Version is the protocol version this package speaks.
@@ -56,6 +64,9 @@ const (
 	// TypeStart (host → guest, stream 0, JSON Start; version 1): start the
 	// sandbox's main process; the guest sends TypeExit when it ends.
 	TypeStart Type = 6
+	// TypeHeartbeat (guest → host, stream 0, JSON Heartbeat): sent every
+	// HeartbeatInterval; the host's idle timeout reads it.
+	TypeHeartbeat Type = 7
 	// TypeExec (host → guest, new stream, JSON Exec): start a process.
 	TypeExec Type = 16
 	// TypeStdin (host → guest, raw): input for a process; FlagEnd closes it.
@@ -138,6 +149,30 @@ type Hello struct {
 	Agent string `json:"agent"`
 	// BootNanos is the guest's CLOCK_BOOTTIME when the agent started.
 	BootNanos int64 `json:"bootNanos"`
+	// Main is the main process's state; nil until a Start was received (so
+	// nil in the first Hello of a boot).
+	Main *MainState `json:"main,omitempty"`
+}
+
+// MainState is what the guest knows of the sandbox's main process.
+type MainState struct {
+	// PID is its process id in the guest (0 when it failed to start).
+	PID int `json:"pid,omitempty"`
+	// Exit is set once it ended.
+	Exit *Exit `json:"exit,omitempty"`
+}
+
+// HeartbeatInterval is how often the guest sends TypeHeartbeat.
+const HeartbeatInterval = time.Second
+
+// Heartbeat is the guest's periodic report of its activity.
+type Heartbeat struct {
+	// ActiveSessions counts exec sessions (and other host-driven sessions)
+	// that are open now.
+	ActiveSessions int `json:"activeSessions"`
+	// ActivitySeq increases with every host-driven operation (an exec, a file
+	// operation); the main process's own work does not count.
+	ActivitySeq uint64 `json:"activitySeq"`
 }
 
 // HelloAck is the host's answer to Hello.
@@ -177,6 +212,108 @@ type Start struct {
 	Env []string `json:"env,omitempty"`
 	// Dir is the working directory inside the guest's root ("" is "/").
 	Dir string `json:"dir,omitempty"`
+	// User is USER[:GROUP] or UID[:GID], resolved in the guest root's
+	// /etc/passwd and /etc/group ("" is root). HOME is set from passwd when
+	// Env has none.
+	User string `json:"user,omitempty"`
+	// Hostname is the guest's host name (sethostname, /etc/hostname and a
+	// line in /etc/hosts); "" leaves it unchanged.
+	Hostname string `json:"hostname,omitempty"`
+	// Rlimits apply to the main process (and every process the guest starts
+	// for the sandbox later).
+	Rlimits []Rlimit `json:"rlimits,omitempty"`
+	// Shell is the interpreter of scripts without a #! line ("" is /bin/sh).
+	Shell string `json:"shell,omitempty"`
+	// Scripts are written to ScriptsDir in the guest's root, mode 0755, by
+	// file name (the host puts ScriptsDir first on PATH).
+	Scripts map[string]string `json:"scripts,omitempty"`
+	// Mounts are mounted in the guest's root, in order, before the patches.
+	Mounts []Mount `json:"mounts,omitempty"`
+	// Patches edit the guest's root, in order, before the main process
+	// starts.
+	Patches []Patch `json:"patches,omitempty"`
+	// Init, when set, runs instead of Argv as PID 1 of a new PID namespace
+	// (the init hand-off); it is then the main process.
+	Init *Init `json:"init,omitempty"`
+}
+
+// ScriptsDir is where Start.Scripts are written inside the guest's root.
+const ScriptsDir = "/.sandbox/scripts"
+
+// Rlimit is one resource limit; a negative value means unlimited.
+type Rlimit struct {
+	// Resource is the limit's name without RLIMIT_, lower case (nofile).
+	Resource string `json:"resource"`
+	Soft     int64  `json:"soft"`
+	Hard     int64  `json:"hard"`
+}
+
+// Mount is one volume in the guest. Exactly one of Tmpfs, Disk or Files is
+// set.
+type Mount struct {
+	// Path is the absolute directory in the guest's root (created if needed).
+	Path string `json:"path"`
+	// ReadOnly mounts it read-only (Files mounts always are).
+	ReadOnly bool `json:"readOnly,omitempty"`
+	// TmpfsMiB, when > 0, mounts a tmpfs of that size.
+	TmpfsMiB int `json:"tmpfsMiB,omitempty"`
+	// Disk is the serial of a virtio-blk disk holding an ext4 filesystem
+	// (made by the host); the guest finds it in /sys/block/*/serial.
+	Disk string `json:"disk,omitempty"`
+	// Files, when non-nil, mounts a tmpfs holding these files (a ConfigMap or
+	// Secret projection), then remounts it read-only.
+	Files []File `json:"files,omitempty"`
+}
+
+// File is one file of a Files mount.
+type File struct {
+	// Name is the file's path relative to the mount, without "..".
+	Name string `json:"name"`
+	// Content is the file's bytes.
+	Content []byte `json:"content"`
+	// Mode is the permission bits (0 means 0644).
+	Mode uint32 `json:"mode,omitempty"`
+}
+
+// Patch types (the API's PatchType values).
+const (
+	PatchText    = "Text"
+	PatchFile    = "File"
+	PatchSymlink = "Symlink"
+	PatchMkdir   = "Mkdir"
+	PatchRemove  = "Remove"
+	PatchAppend  = "Append"
+)
+
+// Patch is one edit of the guest's root (the API's Patch with its content
+// resolved by the host).
+type Patch struct {
+	// Type is one of the Patch* constants.
+	Type string `json:"type"`
+	// Path is the absolute path in the guest's root.
+	Path string `json:"path"`
+	// Content is the bytes of Text, File and Append patches.
+	Content []byte `json:"content,omitempty"`
+	// Target is where a Symlink points.
+	Target string `json:"target,omitempty"`
+	// Mode is the permission bits of a created file or directory (0 means
+	// 0644 for files, 0755 for directories).
+	Mode uint32 `json:"mode,omitempty"`
+	// Replace lets Text, File and Symlink patches overwrite a path that
+	// exists in the image. Without it such a path fails the start. Only the
+	// image (the read-only lower layer) is checked, so a persistent writable
+	// layer does not fail the next start.
+	Replace bool `json:"replace,omitempty"`
+}
+
+// Init is the init hand-off: an init system run as PID 1 of its own PID
+// namespace.
+type Init struct {
+	// Argv is the command line; Argv[0] is an absolute path or "auto"
+	// (/sbin/init, /lib/systemd/systemd, /usr/lib/systemd/systemd).
+	Argv []string `json:"argv"`
+	// Env is the init's environment, KEY=VALUE.
+	Env []string `json:"env,omitempty"`
 }
 
 // Signal signals a process.
