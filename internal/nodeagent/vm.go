@@ -125,7 +125,7 @@ func ptrInt32(v int32) *int32 { return &v }
 func (h *vmHandle) awaitHello(ctx context.Context) (net.Conn, error) {
 	ctx, cancel := context.WithTimeout(ctx, helloTimeout)
 	defer cancel()
-	conn, err := h.vm.AcceptAgent(ctx)
+	conn, err := h.vm.DialAgent(ctx)
 	if err != nil {
 		return nil, err
 	}

@@ -93,7 +93,7 @@ func TestBootMicroVM(t *testing.T) {
 	g.Expect(rec).To(Equal(vm.Process()))
 	g.Expect(rec.Alive()).To(BeTrue(), "the recorded pid and start time identify the running QEMU")
 
-	conn, err := vm.AcceptAgent(ctx)
+	conn, err := vm.DialAgent(ctx)
 	g.Expect(err).NotTo(HaveOccurred())
 	defer func() { _ = conn.Close() }()
 	// Frames start when the guest opens its port; bound the wait by ctx.
@@ -119,6 +119,13 @@ func TestBootMicroVM(t *testing.T) {
 	g.Expect(err).NotTo(HaveOccurred())
 	g.Expect(protocol.WriteFrame(conn, ack)).To(Succeed())
 
+	// Another process can adopt the running VM from its run dir: the same
+	// process, alive; its Done fires when the VM exits below.
+	adopted, err := vmm.QEMU{}.Adopt(runDir)
+	g.Expect(err).NotTo(HaveOccurred())
+	g.Expect(adopted.Process()).To(Equal(rec))
+	g.Expect(adopted.Done()).NotTo(BeClosed())
+
 	// QMP answers while the guest runs.
 	q, err := vmm.DialQMP(ctx, vm.Paths().QMP)
 	g.Expect(err).NotTo(HaveOccurred())
@@ -140,6 +147,10 @@ func TestBootMicroVM(t *testing.T) {
 	}
 	t.Logf("Shutdown → QEMU exit: %v", time.Since(sent).Round(time.Millisecond))
 	g.Expect(vm.ExitErr()).NotTo(HaveOccurred(), "QEMU exits cleanly after a guest power-off")
+	g.Eventually(adopted.Done(), time.Second).Should(BeClosed(), "the adopter sees the exit through its pidfd")
+	g.Expect(adopted.ExitErr()).To(MatchError(vmm.ErrExitUnknown))
+	_, err = vmm.QEMU{}.Adopt(runDir)
+	g.Expect(err).To(MatchError(vmm.ErrProcessGone), "a VM that exited cannot be adopted")
 
 	console, err := os.ReadFile(vm.Paths().Console)
 	g.Expect(err).NotTo(HaveOccurred())

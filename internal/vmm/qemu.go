@@ -7,9 +7,10 @@ import (
 	"net"
 	"os"
 	"os/exec"
-	"sync"
 	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // DefaultQEMUBinary is the QEMU executable QEMU uses when Config.Binary is
@@ -38,15 +39,8 @@ func (QEMU) Start(ctx context.Context, cfg Config) (VM, error) {
 	if err := ensureRunDir(p, cfg.RunDir); err != nil {
 		return nil, fmt.Errorf("vmm: preparing %s: %w", cfg.RunDir, err)
 	}
-	// Listen before QEMU starts: it connects as a client and fails to start
-	// without a listener, and nothing the guest sends can be lost.
-	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: p.Agent, Net: "unix"})
-	if err != nil {
-		return nil, fmt.Errorf("vmm: listening for the agent: %w", err)
-	}
 	logf, err := os.OpenFile(p.MonitorLog, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o600)
 	if err != nil {
-		_ = ln.Close()
 		return nil, fmt.Errorf("vmm: %w", err)
 	}
 	defer func() { _ = logf.Close() }() // the child has its own copy
@@ -58,11 +52,14 @@ func (QEMU) Start(ctx context.Context, cfg Config) (VM, error) {
 	// systemd stop) reaches QEMU.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 	if err := cmd.Start(); err != nil {
-		_ = ln.Close()
 		return nil, fmt.Errorf("vmm: starting %s: %w", bin, err)
 	}
-	vm := &qemuVM{cmd: cmd, paths: p, ln: ln, done: make(chan struct{})}
-	go vm.wait()
+	vm := &qemuVM{paths: p, done: make(chan struct{})}
+	vm.signal = func(sig syscall.Signal) error { return cmd.Process.Signal(sig) }
+	go func() {
+		vm.exitErr = cmd.Wait()
+		close(vm.done)
+	}()
 
 	st, err := ProcessStartTime("/proc", cmd.Process.Pid)
 	if err == nil {
@@ -76,68 +73,96 @@ func (QEMU) Start(ctx context.Context, cfg Config) (VM, error) {
 	return vm, nil
 }
 
+// Adopt implements VMM. The adopted QEMU is watched through a pidfd, which
+// names the process itself (not its pid): the pid may be recycled once it
+// exits, the pidfd is not.
+func (QEMU) Adopt(runDir string) (VM, error) {
+	p := PathsIn(runDir)
+	rec, err := ReadProcess(p.Process)
+	if err != nil {
+		return nil, err
+	}
+	fd, err := unix.PidfdOpen(rec.PID, 0)
+	if errors.Is(err, unix.ESRCH) {
+		return nil, ErrProcessGone
+	}
+	if err != nil {
+		return nil, fmt.Errorf("vmm: opening a pidfd for %d: %w", rec.PID, err)
+	}
+	// Checked after the pidfd is open: if the start time matches now, the
+	// pidfd refers to the recorded process and not to a later one.
+	if alive, err := rec.Alive(); err != nil || !alive {
+		_ = unix.Close(fd)
+		if err != nil {
+			return nil, err
+		}
+		return nil, ErrProcessGone
+	}
+	vm := &qemuVM{paths: p, proc: rec, done: make(chan struct{}), exitErr: ErrExitUnknown}
+	vm.signal = func(sig syscall.Signal) error {
+		return unix.PidfdSendSignal(fd, sig, nil, 0)
+	}
+	go func() {
+		defer func() { _ = unix.Close(fd) }()
+		// A pidfd polls readable when its process exits.
+		pfd := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
+		for {
+			n, err := unix.Poll(pfd, -1)
+			if err == nil && n > 0 {
+				break
+			}
+			if err != nil && !errors.Is(err, unix.EINTR) {
+				// Cannot watch it any more: fall back to the process record.
+				for {
+					if alive, _ := rec.Alive(); !alive {
+						break
+					}
+					time.Sleep(100 * time.Millisecond)
+				}
+				break
+			}
+		}
+		close(vm.done)
+	}()
+	return vm, nil
+}
+
 type qemuVM struct {
-	cmd   *exec.Cmd
-	proc  Process
-	paths Paths
-	ln    *net.UnixListener
+	proc   Process
+	paths  Paths
+	signal func(syscall.Signal) error
 
 	done    chan struct{}
 	exitErr error
-
-	closeOnce sync.Once
-}
-
-func (v *qemuVM) wait() {
-	v.exitErr = v.cmd.Wait()
-	close(v.done)
-	// Nothing will connect any more: wake a pending AcceptAgent.
-	_ = v.Close()
 }
 
 func (v *qemuVM) Process() Process      { return v.proc }
 func (v *qemuVM) Paths() Paths          { return v.paths }
 func (v *qemuVM) Done() <-chan struct{} { return v.done }
 func (v *qemuVM) ExitErr() error        { <-v.done; return v.exitErr }
-
-func (v *qemuVM) Close() error {
-	var err error
-	v.closeOnce.Do(func() { err = v.ln.Close() })
-	return err
-}
+func (v *qemuVM) Close() error          { return nil }
 
 // ErrExited is returned when the monitor exits while waiting for it.
 var ErrExited = errors.New("vmm: the VM exited")
 
-func (v *qemuVM) AcceptAgent(ctx context.Context) (net.Conn, error) {
-	type result struct {
-		c   net.Conn
-		err error
-	}
-	ch := make(chan result, 1)
-	go func() {
-		c, err := v.ln.Accept()
-		ch <- result{c, err}
-	}()
-	select {
-	case r := <-ch:
-		if r.err != nil {
-			select {
-			case <-v.done:
-				return nil, fmt.Errorf("%w before its agent connected: %v", ErrExited, v.exitErr)
-			default:
-			}
-			return nil, fmt.Errorf("vmm: accepting the agent: %w", r.err)
+// agentDialRetry is the pause between attempts to reach the agent socket
+// (QEMU creates it within milliseconds of starting).
+const agentDialRetry = 5 * time.Millisecond
+
+func (v *qemuVM) DialAgent(ctx context.Context) (net.Conn, error) {
+	var d net.Dialer
+	for {
+		c, err := d.DialContext(ctx, "unix", v.paths.Agent)
+		if err == nil {
+			return c, nil
 		}
-		return r.c, nil
-	case <-ctx.Done():
-		// Unblock Accept by closing the listener: one agent per VM, so the
-		// listener has no other use.
-		_ = v.Close()
-		if r := <-ch; r.c != nil {
-			_ = r.c.Close()
+		select {
+		case <-v.done:
+			return nil, fmt.Errorf("%w before its agent socket answered: %v", ErrExited, v.exitErr)
+		case <-ctx.Done():
+			return nil, fmt.Errorf("vmm: connecting to the agent socket: %w (last error: %v)", ctx.Err(), err)
+		case <-time.After(agentDialRetry):
 		}
-		return nil, ctx.Err()
 	}
 }
 
@@ -181,7 +206,7 @@ func (v *qemuVM) Kill(ctx context.Context) error {
 		case <-time.After(time.Second):
 		}
 	}
-	if err := v.cmd.Process.Kill(); err != nil && !errors.Is(err, os.ErrProcessDone) {
+	if err := v.signal(syscall.SIGKILL); err != nil && !errors.Is(err, os.ErrProcessDone) && !errors.Is(err, unix.ESRCH) {
 		return fmt.Errorf("vmm: killing QEMU: %w", err)
 	}
 	select {

@@ -51,9 +51,10 @@ func QEMUArgs(cfg Config) []string {
 		"-qmp", "unix:"+optEscape(p.QMP)+",server=on,wait=off",
 		"-kernel", cfg.Kernel,
 		"-initrd", cfg.Initrd,
-		// QEMU is the client of the agent socket: the node agent listens
-		// first, so the first frame cannot be lost.
-		"-chardev", "socket,id=agent,path="+optEscape(p.Agent),
+		// QEMU is the server of the agent socket, so that a restarted node
+		// agent can connect again. Nothing is lost before the first
+		// connection: the guest's writes block while no host is connected.
+		"-chardev", "socket,id=agent,path="+optEscape(p.Agent)+",server=on,wait=off",
 		"-device", "virtio-serial-device",
 		"-device", "virtserialport,chardev=agent,name="+cfg.AgentPort,
 		// virtio-mmio v2 (legacy is QEMU's default); vhost-user devices such
@@ -63,7 +64,15 @@ func QEMUArgs(cfg Config) []string {
 	if cfg.RootDisk != "" {
 		args = append(args,
 			"-drive", "id=root,file="+optEscape(cfg.RootDisk)+",format=raw,if=none,readonly=on",
-			"-device", "virtio-blk-device,drive=root")
+			"-device", "virtio-blk-device,drive=root,serial="+RootDiskSerial)
+	}
+	for i, d := range cfg.Disks {
+		id := "d" + strconv.Itoa(i)
+		drive := "id=" + id + ",file=" + optEscape(d.Path) + ",format=raw,if=none"
+		if d.ReadOnly {
+			drive += ",readonly=on"
+		}
+		args = append(args, "-drive", drive, "-device", "virtio-blk-device,drive="+id+",serial="+d.Serial)
 	}
 	return append(args, "-append", KernelCmdline(cfg))
 }

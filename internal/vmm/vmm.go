@@ -55,11 +55,29 @@ type Config struct {
 	// AgentPort names the agent's virtio-serial port; "" means
 	// DefaultAgentPort.
 	AgentPort string
-	// RootDisk, if set, is a raw disk image attached read-only as the first
-	// virtio-blk device (/dev/vda in the guest).
+	// RootDisk, if set, is a raw disk image attached read-only as a
+	// virtio-blk device with serial RootDiskSerial. The guest finds its
+	// disks by serial (/sys/block/vd*/serial): microvm's virtio-mmio slots do
+	// not follow the command line's order.
 	RootDisk string
+	// Disks are further raw disk images, attached after RootDisk.
+	Disks []Disk
 	// Binary is the VMM executable; "" means the implementation's default.
 	Binary string
+}
+
+// RootDiskSerial is the virtio-blk serial of Config.RootDisk.
+const RootDiskSerial = "root"
+
+// Disk is a raw disk image attached as a virtio-blk device.
+type Disk struct {
+	// Path is the image file.
+	Path string
+	// Serial names the disk to the guest (at most 20 bytes, virtio-blk's
+	// limit; letters, digits, '-' and '_').
+	Serial string
+	// ReadOnly attaches it read-only.
+	ReadOnly bool
 }
 
 // Paths are the files of a VM in its RunDir.
@@ -110,6 +128,13 @@ func (c Config) validate() error {
 	} else if p := PathsIn(c.RunDir); len(p.Agent) > maxSocketPath || len(p.QMP) > maxSocketPath {
 		errs = append(errs, fmt.Errorf("run dir %s is too long for unix socket paths", c.RunDir))
 	}
+	seen := map[string]bool{RootDiskSerial: c.RootDisk != ""}
+	for _, d := range c.Disks {
+		if d.Path == "" || !validSerial(d.Serial) || seen[d.Serial] {
+			errs = append(errs, fmt.Errorf("disk %q: needs a path and a unique serial of 1-20 letters, digits, '-' or '_'", d.Serial))
+		}
+		seen[d.Serial] = true
+	}
 	if c.CPUs < 1 || c.MemoryMiB < 16 {
 		errs = append(errs, fmt.Errorf("need at least 1 CPU and 16 MiB, got %d and %d", c.CPUs, c.MemoryMiB))
 	}
@@ -128,12 +153,28 @@ func (c Config) validate() error {
 	return nil
 }
 
+func validSerial(s string) bool {
+	if len(s) == 0 || len(s) > 20 {
+		return false
+	}
+	for _, r := range s {
+		if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-' || r == '_') {
+			return false
+		}
+	}
+	return true
+}
+
 // VMM starts virtual machines.
 type VMM interface {
 	// Start starts a VM for cfg and returns once the monitor process runs;
-	// the guest boots in the background. The agent socket is listening
-	// before the monitor starts.
+	// the guest boots in the background. The monitor runs in its own
+	// session and outlives the caller.
 	Start(ctx context.Context, cfg Config) (VM, error)
+	// Adopt takes over a VM that an earlier process started in runDir,
+	// identified by its process record (pid and start time). It fails with
+	// ErrProcessGone when that process no longer runs.
+	Adopt(runDir string) (VM, error)
 }
 
 // VM is a running virtual machine.
@@ -142,23 +183,30 @@ type VM interface {
 	Process() Process
 	// Paths are the VM's files.
 	Paths() Paths
-	// AcceptAgent waits for the guest's agent channel to connect. The
-	// connection carries protocol frames once the guest opens its port.
-	AcceptAgent(ctx context.Context) (net.Conn, error)
+	// DialAgent connects to the guest's agent channel (the monitor is the
+	// server; one connection at a time). It retries until the monitor
+	// listens, ctx ends or the VM exits. The connection carries protocol
+	// frames once the guest opens its port; a new connection after an
+	// earlier one closed is how a restarted node agent reaches the guest.
+	DialAgent(ctx context.Context) (net.Conn, error)
 	// Done is closed when the monitor process has exited.
 	Done() <-chan struct{}
 	// ExitErr is the monitor's exit status (nil for a clean exit); valid
-	// after Done.
+	// after Done. For an adopted VM, whose exit status only its parent could
+	// read, it is ErrExitUnknown.
 	ExitErr() error
 	// PowerDown asks the guest to shut down (the ACPI power button).
 	PowerDown(ctx context.Context) error
 	// Kill stops the monitor at once (QMP quit, then SIGKILL) and waits
 	// for it to exit.
 	Kill(ctx context.Context) error
-	// Close releases the host side (the agent listener); it does not stop
-	// the VM.
+	// Close releases what the host holds for the VM; it does not stop it.
 	Close() error
 }
+
+// ErrExitUnknown is an adopted VM's ExitErr: the monitor was not this
+// process's child, so its exit status is not known.
+var ErrExitUnknown = errors.New("vmm: exit status unknown (the VM was adopted)")
 
 // ensureRunDir creates runDir and removes sockets a previous VM left there
 // (binding to an existing path fails).

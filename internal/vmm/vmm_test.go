@@ -24,7 +24,7 @@ func TestQEMUArgs(t *testing.T) {
 			"-serial", "file:/run/vm/1/console.log",
 			"-qmp", "unix:/run/vm/1/qmp.sock,server=on,wait=off",
 			"-kernel", "/k/vmlinux", "-initrd", "/k/initrd.cpio",
-			"-chardev", "socket,id=agent,path=/run/vm/1/agent.sock",
+			"-chardev", "socket,id=agent,path=/run/vm/1/agent.sock,server=on,wait=off",
 			"-device", "virtio-serial-device",
 			"-device", "virtserialport,chardev=agent,name=agent0",
 			"-global", "virtio-mmio.force-legacy=false"}
@@ -55,6 +55,7 @@ func TestQEMUArgs(t *testing.T) {
 			name: "a read-only root disk, a port name, extra kernel args and commas escaped",
 			cfg: func(c Config) Config {
 				c.CPUs, c.MemoryMiB, c.AgentPort, c.RootDisk = 2, 512, "ctl", "/img/a,b.ext4"
+				c.Disks = []Disk{{Path: "/run/vm/1/upper.ext4", Serial: "upper"}, {Path: "/v.img", Serial: "vol-0", ReadOnly: true}}
 				c.KernelArgs = []string{"sandbox.root=/dev/vda"}
 				return c
 			},
@@ -62,7 +63,11 @@ func TestQEMUArgs(t *testing.T) {
 				w := append(append(machine, "-accel", "kvm", "-cpu", "host"),
 					common("512", "2", strings.NewReplacer(" tsc_early_khz=2095900", "", "agent0", "ctl").Replace(tcgCmdline)+" sandbox.root=/dev/vda",
 						"-drive", "id=root,file=/img/a,,b.ext4,format=raw,if=none,readonly=on",
-						"-device", "virtio-blk-device,drive=root")...)
+						"-device", "virtio-blk-device,drive=root,serial=root",
+						"-drive", "id=d0,file=/run/vm/1/upper.ext4,format=raw,if=none",
+						"-device", "virtio-blk-device,drive=d0,serial=upper",
+						"-drive", "id=d1,file=/v.img,format=raw,if=none,readonly=on",
+						"-device", "virtio-blk-device,drive=d1,serial=vol-0")...)
 				for i, a := range w {
 					w[i] = strings.Replace(a, "name=agent0", "name=ctl", 1)
 				}
@@ -88,6 +93,10 @@ func TestConfigValidation(t *testing.T) {
 		{name: "no kernel", mod: func(c *Config) { c.Kernel = "" }, wantErr: "kernel is required"},
 		{name: "an unknown accelerator", mod: func(c *Config) { c.Accel = "hvf" }, wantErr: "unknown accelerator"},
 		{name: "too little memory", mod: func(c *Config) { c.MemoryMiB = 8 }, wantErr: "16 MiB"},
+		{name: "a disk without a serial", mod: func(c *Config) { c.Disks = []Disk{{Path: "/d"}} }, wantErr: "unique serial"},
+		{name: "a disk serial longer than virtio-blk's 20 bytes", mod: func(c *Config) { c.Disks = []Disk{{Path: "/d", Serial: strings.Repeat("s", 21)}} }, wantErr: "unique serial"},
+		{name: "a disk named like the root disk", mod: func(c *Config) { c.RootDisk = "/r"; c.Disks = []Disk{{Path: "/d", Serial: RootDiskSerial}} }, wantErr: "unique serial"},
+		{name: "two disks with one serial", mod: func(c *Config) { c.Disks = []Disk{{Path: "/d", Serial: "a"}, {Path: "/e", Serial: "a"}} }, wantErr: "unique serial"},
 		{name: "a run dir too long for sockets", mod: func(c *Config) { c.RunDir = "/" + strings.Repeat("x", 100) }, wantErr: "too long"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
