@@ -66,6 +66,9 @@ const (
 	ReasonDrainRequested = "DrainRequested"
 	// ReasonShutdownRequested (True): a Graceful or Kill stop is in progress.
 	ReasonShutdownRequested = "ShutdownRequested"
+	// ReasonIdleTimeout (True): lifecycle.idleTimeoutSeconds passed without
+	// activity; the VM is being shut down.
+	ReasonIdleTimeout = "IdleTimeout"
 	// ReasonNotDraining (False): no stop is in progress.
 	ReasonNotDraining = "NotDraining"
 )

@@ -31,6 +31,7 @@ import (
 // +kubebuilder:rbac:groups=sandbox.microvm.dev,resources=sandboxes/status,verbs=get;patch;update
 // +kubebuilder:rbac:groups=coordination.k8s.io,resources=leases,verbs=get;list;watch;create;update;patch
 // +kubebuilder:rbac:groups="",resources=nodes,verbs=get;list;watch
+// +kubebuilder:rbac:groups="",resources=secrets;configmaps,verbs=get
 
 // Args configure an Agent.
 type Args struct {

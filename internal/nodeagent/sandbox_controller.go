@@ -7,7 +7,6 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
-	"syscall"
 	"time"
 
 	apiequality "k8s.io/apimachinery/pkg/api/equality"
@@ -48,15 +47,18 @@ const (
 // ImageReady and Draining conditions (server-side apply under
 // NodeAgentFieldOwner) and the node agent's finalizer.
 //
-// VM handles live in memory only: after an agent restart the VMs it started
-// are not re-adopted (a VM reported Booting, Running or Draining that the
-// agent does not know is killed through its process record and reported
-// Exited with InternalError when it is to stop; otherwise left alone).
+// VMs outlive the agent: each is recorded in a journal in its Sandbox's
+// directory (<state-dir>/vms/<uid>/), and an agent that finds a Sandbox
+// reported Booting, Running or Draining without a handle re-adopts its VM
+// from there (QEMU's pid and start time), reconnects to its guest agent and
+// reports nothing new unless the VM died meanwhile (then Crashed).
 type SandboxReconciler struct {
 	client    client.Client
 	apiReader client.Reader
 	args      Args
 	images    *image.Cache
+	vmm       vmm.VMM
+	mkfs      string
 	initrd    string
 	accel     sandboxv1alpha1.Accelerator
 	accelErr  string
@@ -78,8 +80,8 @@ type sandboxState struct {
 	run          int32
 	report       report
 	lastApplied  *report
-	handle       *vmHandle
-	pullFailures int
+	handle   *vmHandle
+	failures int // consecutive failed starts (pull, configuration), for the backoff
 }
 
 // report is the agent-owned part of the status.
@@ -95,6 +97,7 @@ func newSandboxReconciler(ctx context.Context, c client.Client, reader client.Re
 		client: c, apiReader: reader, args: args, ctx: ctx,
 		notify:    make(chan event.GenericEvent),
 		sandboxes: map[types.UID]*sandboxState{},
+		vmm:       vmm.QEMU{}, mkfs: mkfsPath(),
 	}
 	if err := os.MkdirAll(filepath.Join(args.StateDir, "vms"), 0o700); err != nil {
 		return nil, fmt.Errorf("failed to create the state directory: %w", err)
@@ -211,17 +214,12 @@ func (r *SandboxReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ct
 	var err error
 	switch {
 	case st.handle != nil:
-		r.observe(sbx, st, stopWanted)
+		res = r.observe(sbx, st, stopWanted)
 	case st.report.VM != nil && isActive(st.report.VM.State):
-		// Reported running by an earlier agent process: not re-adopted.
-		if stopWanted {
-			killRecorded(r.runDir(sbx.UID))
-			st.report.VM.State = sandboxv1alpha1.VMExited
-			st.report.VM.ExitedAt = ptr.To(metaTime(time.Now()))
-			st.report.VM.ExitReason = sandboxv1alpha1.TerminationInternalError
-			st.report.VM.Message = "the node agent restarted and lost track of the VM"
-		} else {
-			log.Info("VM reported by an earlier agent process is not re-adopted (not implemented)")
+		// Reported by an earlier agent process: re-adopt its VM.
+		r.adopt(ctx, sbx, st)
+		if st.handle != nil {
+			res = r.observe(sbx, st, stopWanted)
 		}
 	case stopWanted:
 		if st.report.VM == nil || st.report.VM.State != sandboxv1alpha1.VMExited {
@@ -275,8 +273,9 @@ func setCond(st *sandboxState, sbx *sandboxv1alpha1.Sandbox, t string, s metav1.
 }
 
 // observe folds the VM's progress into the report and starts a stop when
-// one is wanted.
-func (r *SandboxReconciler) observe(sbx *sandboxv1alpha1.Sandbox, st *sandboxState, stopWanted bool) {
+// one is wanted (by the spec, the manager or the idle timeout). The result
+// asks for the next idle check.
+func (r *SandboxReconciler) observe(sbx *sandboxv1alpha1.Sandbox, st *sandboxState, stopWanted bool) ctrl.Result {
 	h := st.handle
 	snap := h.snapshot()
 	vm := st.report.VM
@@ -289,7 +288,7 @@ func (r *SandboxReconciler) observe(sbx *sandboxv1alpha1.Sandbox, st *sandboxSta
 	}
 	if !snap.exitedAt.IsZero() {
 		if vm.State == sandboxv1alpha1.VMExited {
-			return
+			return ctrl.Result{}
 		}
 		vm.State = sandboxv1alpha1.VMExited
 		vm.ExitedAt = ptr.To(metaTime(snap.exitedAt))
@@ -310,28 +309,44 @@ func (r *SandboxReconciler) observe(sbx *sandboxv1alpha1.Sandbox, st *sandboxSta
 		} else {
 			vm.ExitReason = sandboxv1alpha1.TerminationInternalError
 			msg := "The VMM exited unexpectedly"
+			if snap.exitCode != nil {
+				msg += fmt.Sprintf(" (exit status %d)", *snap.exitCode)
+			}
+			if h.adopted {
+				msg = "The VMM exited unexpectedly (re-adopted after a node agent restart; exit status unknown)"
+			}
 			if snap.failure != "" {
 				msg += " (" + snap.failure + ")"
 			}
-			if tail := consoleTail(h.vm.Paths(), consoleTailLines); tail != "" {
-				msg += "; console:\n" + tail
-			}
+			msg += consoleSuffix(h.vm.Paths())
 			if len(msg) > 4000 {
 				msg = msg[len(msg)-4000:]
 			}
 			vm.Message = msg
 		}
-		return
+		return ctrl.Result{}
+	}
+	why := stopReason(sbx)
+	var res ctrl.Result
+	if !stopWanted && !snap.stopAsked && h.idleTimeout > 0 && vm.State == sandboxv1alpha1.VMRunning {
+		idle := time.Since(snap.lastActivity)
+		if idle >= h.idleTimeout {
+			stopWanted, why = true, sandboxv1alpha1.TerminationIdleTimeout
+		} else {
+			res.RequeueAfter = h.idleTimeout - idle
+		}
 	}
 	if stopWanted && !snap.stopAsked {
-		why := stopReason(sbx)
 		h.mu.Lock()
 		h.stopAsked, h.stopWhy = true, why
 		h.mu.Unlock()
 		vm.State = sandboxv1alpha1.VMDraining
 		condReason := sandboxv1alpha1.ReasonShutdownRequested
-		if why == sandboxv1alpha1.TerminationDrainRequested {
+		switch why {
+		case sandboxv1alpha1.TerminationDrainRequested:
 			condReason = sandboxv1alpha1.ReasonDrainRequested
+		case sandboxv1alpha1.TerminationIdleTimeout:
+			condReason = sandboxv1alpha1.ReasonIdleTimeout
 		}
 		setCond(st, sbx, sandboxv1alpha1.ConditionDraining, metav1.ConditionTrue, condReason, "Stopping the VM: "+string(why))
 		grace := defaultGrace
@@ -340,6 +355,7 @@ func (r *SandboxReconciler) observe(sbx *sandboxv1alpha1.Sandbox, st *sandboxSta
 		}
 		go h.stop(sbx.Spec.StopPolicy.Mode, grace)
 	}
+	return res
 }
 
 // start pulls the image and boots the VM of the current run.
@@ -356,21 +372,34 @@ func (r *SandboxReconciler) start(ctx context.Context, sbx *sandboxv1alpha1.Sand
 			return ctrl.Result{}, err
 		}
 	}
-
-	pulled := time.Now()
-	opts := image.PullOptions{Policy: sbx.Spec.ImagePullPolicy, PinnedDigest: sbx.Status.ImageDigest}
-	if reg := sbx.Spec.Registry; reg != nil {
-		opts.Insecure = reg.Insecure
-	}
-	img, err := r.images.Ensure(ctx, sbx.Spec.Image, opts, nil)
-	if err != nil {
-		st.pullFailures++
-		backoff := min(pullBackoff<<min(st.pullFailures-1, 20), maxPullBackoff)
-		log.Info("Failed to pull the image", "image", sbx.Spec.Image, "error", err.Error(), "retryAfter", backoff)
-		setCond(st, sbx, sandboxv1alpha1.ConditionImageReady, metav1.ConditionFalse, sandboxv1alpha1.ReasonErrImagePull, err.Error())
+	retry := func(what string, err error) (ctrl.Result, error) {
+		st.failures++
+		backoff := min(pullBackoff<<min(st.failures-1, 20), maxPullBackoff)
+		log.Info("Failed to "+what, "image", sbx.Spec.Image, "error", err.Error(), "retryAfter", backoff)
 		return ctrl.Result{RequeueAfter: backoff}, nil
 	}
-	st.pullFailures = 0
+
+	pulled := time.Now()
+	objs := &namespaceObjects{ctx: ctx, reader: r.apiReader, namespace: sbx.Namespace}
+	opts, notes, err := pullOptions(sbx, objs)
+	if err == nil {
+		var img image.Image
+		img, err = r.images.Ensure(ctx, sbx.Spec.Image, opts, nil)
+		if err == nil {
+			return r.boot(ctx, sbx, st, img, objs, pulled)
+		}
+	}
+	msg := err.Error()
+	for _, n := range notes {
+		msg += "; " + n
+	}
+	setCond(st, sbx, sandboxv1alpha1.ConditionImageReady, metav1.ConditionFalse, sandboxv1alpha1.ReasonErrImagePull, msg)
+	return retry("pull the image", err)
+}
+
+// boot prepares the guest's configuration and disks and starts the VM.
+func (r *SandboxReconciler) boot(ctx context.Context, sbx *sandboxv1alpha1.Sandbox, st *sandboxState, img image.Image, objs objects, pulled time.Time) (ctrl.Result, error) {
+	log := ctrl.LoggerFrom(ctx)
 	st.report.ImageDigest = img.Digest
 	st.report.Timings.ImagePulledMillis = ptr.To(time.Since(pulled).Milliseconds())
 	setCond(st, sbx, sandboxv1alpha1.ConditionImageReady, metav1.ConditionTrue, sandboxv1alpha1.ReasonImagePulled, "Image "+img.Digest)
@@ -388,31 +417,60 @@ func (r *SandboxReconciler) start(ctx context.Context, sbx *sandboxv1alpha1.Sand
 	if r.accel == "" {
 		return fail("No accelerator on this node: " + r.accelErr)
 	}
-	runDir := r.runDir(sbx.UID)
-	if err := os.RemoveAll(runDir); err != nil {
+
+	prepared := time.Now()
+	plan, err := planGuest(sbx, img.Config, objs)
+	switch {
+	case errors.Is(err, errUnsupported):
+		return fail(err.Error())
+	case err != nil:
+		// A missing Secret, ConfigMap or key may appear: retried, and
+		// shown while the sandbox waits in Starting.
+		st.failures++
+		st.report.VM.Message = trim("Waiting for the sandbox's configuration: " + err.Error())
+		backoff := min(pullBackoff<<min(st.failures-1, 20), maxPullBackoff)
+		log.Info("Failed to resolve the sandbox's configuration", "error", err.Error(), "retryAfter", backoff)
+		return ctrl.Result{RequeueAfter: backoff}, nil
+	}
+	st.failures = 0
+	st.report.VM.Message = ""
+	dir := r.runDir(sbx.UID)
+	if err := clearRunFiles(dir); err != nil {
 		return fail(err.Error())
 	}
+	disks, err := ensureDisks(ctx, r.mkfs, dir, plan)
+	if err != nil {
+		return fail("Failed to prepare the writable disks: " + err.Error())
+	}
+	st.report.Timings.RootfsReadyMillis = ptr.To(time.Since(prepared).Milliseconds())
 	cfg := vmm.Config{
 		Kernel: r.args.KernelPath, Initrd: r.initrd,
 		CPUs: int(sbx.Spec.Resources.CPUs), MemoryMiB: int(sbx.Spec.Resources.MemoryMiB),
-		Accel: vmm.Accel(r.accel), TSCkHz: r.tscKHz, RunDir: runDir,
-		RootDisk: img.RootfsPath, Binary: r.args.QEMUBinary,
+		Accel: vmm.Accel(r.accel), TSCkHz: r.tscKHz, RunDir: dir,
+		RootDisk: img.RootfsPath, Disks: disks, Binary: r.args.QEMUBinary,
+	}
+	if plan.upperMiB > 0 {
+		cfg.KernelArgs = append(cfg.KernelArgs, "sandbox.upper="+upperSerial)
+	} else {
+		cfg.KernelArgs = append(cfg.KernelArgs, fmt.Sprintf("sandbox.upper_mib=%d", plan.upperTmpfsMiB))
 	}
 	started := time.Now()
-	vm, err := vmm.QEMU{}.Start(r.ctx, cfg)
+	vm, err := r.vmm.Start(r.ctx, cfg)
 	if err != nil {
 		return fail("Failed to start the VMM: " + err.Error())
 	}
 	st.report.Timings.VMMStartedMillis = ptr.To(time.Since(started).Milliseconds())
-	grace := defaultGrace
-	if g := sbx.Spec.StopPolicy.GracePeriodSeconds; g != nil {
-		grace = time.Duration(*g) * time.Second
+	j := journal{Namespace: sbx.Namespace, Name: sbx.Name, UID: sbx.UID, Run: sbx.Status.Run, Started: started,
+		Accelerator: r.accel, GraceSeconds: int64(graceOf(sbx) / time.Second)}
+	if lc := sbx.Spec.Lifecycle; lc != nil && lc.IdleTimeoutSeconds != nil {
+		j.IdleTimeoutSeconds = *lc.IdleTimeoutSeconds
 	}
-	h := &vmHandle{
-		key: types.NamespacedName{Namespace: sbx.Namespace, Name: sbx.Name}, run: sbx.Status.Run,
-		vm: vm, runDir: runDir, accel: r.accel, pid: int32(vm.Process().PID), start: started,
-		main: mainProcess(sbx, img.Config), grace: grace,
+	if err := writeJournal(dir, j); err != nil {
+		_ = vm.Kill(context.Background())
+		return fail(err.Error())
 	}
+	h := r.newHandle(j, vm, dir)
+	h.config = &plan.start
 	st.handle = h
 	st.report.VM.State = sandboxv1alpha1.VMBooting
 	st.report.VM.PID = h.pid
@@ -420,6 +478,90 @@ func (r *SandboxReconciler) start(ctx context.Context, sbx *sandboxv1alpha1.Sand
 	log.Info("Started the VM", "pid", h.pid, "accelerator", r.accel, "image", img.Digest)
 	r.wg.Go(func() { h.watch(r.ctx, r.notify) })
 	return ctrl.Result{}, nil
+}
+
+// newHandle makes the handle of a VM from its journal.
+func (r *SandboxReconciler) newHandle(j journal, vm vmm.VM, dir string) *vmHandle {
+	return &vmHandle{
+		key: types.NamespacedName{Namespace: j.Namespace, Name: j.Name}, run: j.Run,
+		vm: vm, runDir: dir, accel: j.Accelerator, pid: int32(vm.Process().PID), start: j.Started,
+		grace: time.Duration(j.GraceSeconds) * time.Second, idleTimeout: time.Duration(j.IdleTimeoutSeconds) * time.Second,
+	}
+}
+
+// adopt takes over the VM of the current run that an earlier agent process
+// started, from its journal. A VM that is gone is reported Exited: the
+// sandbox is Crashed (it cannot have ended cleanly without this agent).
+func (r *SandboxReconciler) adopt(ctx context.Context, sbx *sandboxv1alpha1.Sandbox, st *sandboxState) {
+	log := ctrl.LoggerFrom(ctx)
+	dir := r.runDir(sbx.UID)
+	j, err := readJournal(dir)
+	if err == nil && (j.UID != sbx.UID || j.Run != sbx.Status.Run) {
+		err = fmt.Errorf("the journal is of run %d, the sandbox is at run %d", j.Run, sbx.Status.Run)
+	}
+	var vm vmm.VM
+	if err == nil {
+		vm, err = r.vmm.Adopt(dir)
+	}
+	if err != nil {
+		vmStatus := st.report.VM
+		vmStatus.State = sandboxv1alpha1.VMExited
+		vmStatus.ExitedAt = ptr.To(metaTime(time.Now()))
+		if vmStatus.State == sandboxv1alpha1.VMDraining {
+			vmStatus.ExitReason = stopReason(sbx)
+		} else {
+			vmStatus.ExitReason = sandboxv1alpha1.TerminationInternalError
+			vmStatus.Message = trim("The VM ended while the node agent was not running (" + err.Error() + ")" + consoleSuffix(vmm.PathsIn(dir)))
+		}
+		log.Info("VM of an earlier agent process is gone", "reason", err.Error())
+		return
+	}
+	h := r.newHandle(j, vm, dir)
+	h.adopted = true
+	if vmStatus := st.report.VM; vmStatus.State == sandboxv1alpha1.VMDraining {
+		// The earlier agent was stopping it: finish the stop.
+		h.stopAsked, h.stopWhy = true, stopReason(sbx)
+		go h.stop(sbx.Spec.StopPolicy.Mode, graceOf(sbx))
+	}
+	st.handle = h
+	log.Info("Re-adopted the VM of an earlier agent process", "pid", h.pid)
+	r.wg.Go(func() { h.watch(r.ctx, r.notify) })
+}
+
+// graceOf is the stop grace of sbx.
+func graceOf(sbx *sandboxv1alpha1.Sandbox) time.Duration {
+	if g := sbx.Spec.StopPolicy.GracePeriodSeconds; g != nil {
+		return time.Duration(*g) * time.Second
+	}
+	return defaultGrace
+}
+
+func trim(msg string) string {
+	if len(msg) > maxMessage {
+		return msg[:maxMessage]
+	}
+	return msg
+}
+
+// clearRunFiles removes what an earlier run left in dir (sockets, console
+// log, process record, journal) and keeps the disks, which outlive runs.
+func clearRunFiles(dir string) error {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return err
+	}
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return err
+	}
+	for _, e := range entries {
+		if filepath.Ext(e.Name()) == ".ext4" {
+			continue
+		}
+		if err := os.RemoveAll(filepath.Join(dir, e.Name())); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // apply writes the report when it changed since the last write.
@@ -519,15 +661,4 @@ func (r *SandboxReconciler) finalize(ctx context.Context, sbx *sandboxv1alpha1.S
 	}
 	ctrl.LoggerFrom(ctx).Info("VM gone; released the node agent's finalizer")
 	return ctrl.Result{}, nil
-}
-
-// killRecorded kills the QEMU recorded in runDir, if it still runs.
-func killRecorded(runDir string) {
-	p, err := vmm.ReadProcess(vmm.PathsIn(runDir).Process)
-	if err != nil {
-		return
-	}
-	if alive, err := p.Alive(); err == nil && alive {
-		_ = syscall.Kill(p.PID, syscall.SIGKILL)
-	}
 }

@@ -26,25 +26,29 @@ const helloTimeout = 2 * time.Minute
 // consoleTailLines is how many console lines an unexpected exit reports.
 const consoleTailLines = 10
 
-// vmHandle is one VM this agent started, for one run of one Sandbox. It
-// lives in memory only: after an agent restart the agent does not know its
-// VMs (re-adoption is not implemented yet).
+// vmHandle is one VM of one run of one Sandbox: one this agent started,
+// or one an earlier agent process started and this one re-adopted from its
+// journal (adopted).
 type vmHandle struct {
-	key    types.NamespacedName
-	run    int32
-	vm     vmm.VM
-	runDir string
-	accel  sandboxv1alpha1.Accelerator
-	pid    int32
-	start  time.Time
-	// main is the main process to start after the handshake (nil: none).
-	main *protocol.Start
+	key     types.NamespacedName
+	run     int32
+	vm      vmm.VM
+	runDir  string
+	accel   sandboxv1alpha1.Accelerator
+	pid     int32
+	start   time.Time
+	adopted bool
+	// config is the guest's Start message, sent after the first Hello of a
+	// boot (nil: none to send).
+	config *protocol.Start
 	// grace is the stop grace used when the main process ended.
 	grace time.Duration
+	// idleTimeout stops the VM after this long without activity (0: never).
+	idleTimeout time.Duration
 
 	mu        sync.Mutex
 	conn      net.Conn
-	bootedAt  time.Time // Hello arrival; zero until then
+	bootedAt  time.Time // first Hello; zero until then
 	exitedAt  time.Time // zero until QEMU exited
 	exitCode  *int32
 	stopAsked bool
@@ -52,6 +56,9 @@ type vmHandle struct {
 	failure   string         // why the guest never said Hello, if so
 	mainExit  *protocol.Exit // the main process's end, once the guest reported it
 	mainError string         // the guest's error about the main process, if any
+	// Activity, from the guest's heartbeats, for the idle timeout.
+	activitySeq  uint64
+	lastActivity time.Time
 }
 
 // snapshot is what the reconciler reads from a handle.
@@ -63,17 +70,25 @@ type vmSnapshot struct {
 	failure            string
 	mainExit           *protocol.Exit
 	mainError          string
+	lastActivity       time.Time
 }
 
 func (h *vmHandle) snapshot() vmSnapshot {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	return vmSnapshot{bootedAt: h.bootedAt, exitedAt: h.exitedAt, exitCode: h.exitCode,
-		stopAsked: h.stopAsked, stopWhy: h.stopWhy, failure: h.failure, mainExit: h.mainExit, mainError: h.mainError}
+		stopAsked: h.stopAsked, stopWhy: h.stopWhy, failure: h.failure, mainExit: h.mainExit, mainError: h.mainError,
+		lastActivity: h.lastActivity}
 }
 
-// watch waits for the guest's Hello, the main process's exit and QEMU's
-// exit, and asks for a reconcile of the Sandbox after each.
+// redialPause is the pause before connecting to the guest again after a
+// connection ended while the VM runs.
+const redialPause = 50 * time.Millisecond
+
+// watch talks to the guest and waits for QEMU's exit, and asks for a
+// reconcile of the Sandbox after each change. When the agent stops (ctx
+// ends) it lets go of the VM, which keeps running: the next agent process
+// re-adopts it.
 func (h *vmHandle) watch(ctx context.Context, notify chan<- event.GenericEvent) {
 	trigger := func() {
 		obj := &sandboxv1alpha1.Sandbox{}
@@ -83,24 +98,21 @@ func (h *vmHandle) watch(ctx context.Context, notify chan<- event.GenericEvent) 
 		case <-ctx.Done():
 		}
 	}
+	talkDone := make(chan struct{})
 	go func() {
-		conn, err := h.awaitHello(ctx)
-		if err != nil {
-			h.mu.Lock()
-			h.failure = err.Error()
-			h.mu.Unlock()
-			// A guest that never greets is killed: its exit reports it.
-			_ = h.vm.Kill(context.Background())
-			return
-		}
-		trigger()
-		h.serveGuest(conn, trigger)
+		defer close(talkDone)
+		h.talk(ctx, trigger)
 	}()
 	select {
 	case <-h.vm.Done():
 	case <-ctx.Done():
-		// The agent stops: VMs outlive it (they run in their own session),
-		// but re-adoption is not implemented, so nothing else to do.
+		h.mu.Lock()
+		if h.conn != nil {
+			_ = h.conn.Close()
+		}
+		h.mu.Unlock()
+		<-talkDone
+		_ = h.vm.Close()
 		return
 	}
 	h.mu.Lock()
@@ -115,68 +127,126 @@ func (h *vmHandle) watch(ctx context.Context, notify chan<- event.GenericEvent) 
 		_ = h.conn.Close()
 	}
 	h.mu.Unlock()
+	<-talkDone
+	_ = h.vm.Close()
 	trigger()
 }
 
 func ptrInt32(v int32) *int32 { return &v }
 
-// awaitHello accepts the guest agent's connection, reads its Hello,
-// answers HelloAck and sends the main process's Start, if any.
-func (h *vmHandle) awaitHello(ctx context.Context) (net.Conn, error) {
+// talk connects to the guest agent, handshakes and serves what it sends,
+// again after every connection loss while the VM runs. A guest that never
+// greets (or an adopted one that stopped answering) is killed: its exit
+// reports it.
+func (h *vmHandle) talk(ctx context.Context, trigger func()) {
+	for {
+		conn, hello, err := h.handshake(ctx)
+		if err != nil {
+			select {
+			case <-h.vm.Done():
+				return
+			case <-ctx.Done():
+				return
+			default:
+			}
+			h.mu.Lock()
+			h.failure = err.Error()
+			h.mu.Unlock()
+			_ = h.vm.Kill(context.Background())
+			return
+		}
+		h.mu.Lock()
+		first := h.bootedAt.IsZero()
+		if first {
+			h.bootedAt = time.Now()
+			h.lastActivity = h.bootedAt
+		}
+		h.mu.Unlock()
+		if first {
+			trigger()
+		}
+		if hello.Main != nil && hello.Main.Exit != nil {
+			// It ended while no agent was connected.
+			h.mainExited(*hello.Main.Exit, trigger)
+		}
+		h.serveGuest(conn, trigger)
+		select {
+		case <-h.vm.Done():
+			return
+		case <-ctx.Done():
+			return
+		case <-time.After(redialPause):
+		}
+	}
+}
+
+// handshake connects to the guest agent, reads its Hello, answers HelloAck
+// and sends the guest's configuration when the guest has none yet.
+func (h *vmHandle) handshake(ctx context.Context) (net.Conn, protocol.Hello, error) {
+	var hello protocol.Hello
 	ctx, cancel := context.WithTimeout(ctx, helloTimeout)
 	defer cancel()
 	conn, err := h.vm.DialAgent(ctx)
 	if err != nil {
-		return nil, err
+		return nil, hello, err
 	}
-	if d, ok := ctx.Deadline(); ok {
-		_ = conn.SetReadDeadline(d)
+	// The connection must not outlive the agent's shutdown or the timeout
+	// while it waits for a Hello.
+	stop := context.AfterFunc(ctx, func() { _ = conn.SetDeadline(time.Now()) })
+	fail := func(err error) (net.Conn, protocol.Hello, error) {
+		_ = conn.Close()
+		return nil, hello, err
 	}
 	f, err := protocol.ReadFrame(conn)
-	if err != nil {
-		_ = conn.Close()
-		return nil, err
+	if !stop() {
+		return fail(fmt.Errorf("no Hello from the guest agent: %w", ctx.Err()))
 	}
-	var hello protocol.Hello
+	if err != nil {
+		return fail(fmt.Errorf("reading the guest's Hello: %w", err))
+	}
 	if f.Type != protocol.TypeHello {
-		_ = conn.Close()
-		return nil, errors.New("the guest's first frame is not Hello")
+		return fail(fmt.Errorf("the guest's first frame is of type %d, not Hello", f.Type))
 	}
 	if err := protocol.Decode(f, &hello); err != nil {
-		_ = conn.Close()
-		return nil, err
+		return fail(err)
 	}
 	version, err := protocol.Negotiate(protocol.Version, hello.Version)
 	if err != nil {
-		_ = conn.Close()
-		return nil, err
+		return fail(err)
 	}
+	_ = conn.SetWriteDeadline(time.Now().Add(10 * time.Second))
 	ack, err := protocol.Encode(0, protocol.TypeHelloAck, protocol.HelloAck{Version: version})
 	if err == nil {
 		err = protocol.WriteFrame(conn, ack)
 	}
-	if err == nil && h.main != nil {
+	if err == nil && hello.Main == nil && h.config != nil {
 		// Sent before h.conn is set: stop cannot write concurrently.
 		var start protocol.Frame
-		if start, err = protocol.Encode(0, protocol.TypeStart, *h.main); err == nil {
+		if start, err = protocol.Encode(0, protocol.TypeStart, *h.config); err == nil {
 			err = protocol.WriteFrame(conn, start)
 		}
 	}
 	if err != nil {
-		_ = conn.Close()
-		return nil, err
+		return fail(err)
 	}
-	_ = conn.SetReadDeadline(time.Time{})
+	_ = conn.SetWriteDeadline(time.Time{})
 	h.mu.Lock()
-	h.conn, h.bootedAt = conn, time.Now()
+	h.conn = conn
 	h.mu.Unlock()
-	return conn, nil
+	return conn, hello, nil
 }
 
 // serveGuest reads what the guest sends until the connection ends (so that
-// it never blocks on a full port). When the main process ends it records
-// its exit, asks for a reconcile and stops the VM: the run is over.
+// it never blocks on a full port).
 func (h *vmHandle) serveGuest(conn net.Conn, trigger func()) {
+	defer func() {
+		h.mu.Lock()
+		if h.conn == conn {
+			h.conn = nil
+		}
+		h.mu.Unlock()
+		_ = conn.Close()
+	}()
 	for {
 		f, err := protocol.ReadFrame(conn)
 		if err != nil {
@@ -195,29 +265,43 @@ func (h *vmHandle) serveGuest(conn net.Conn, trigger func()) {
 			}
 		case protocol.TypeExit:
 			var ex protocol.Exit
-			if protocol.Decode(f, &ex) != nil {
-				continue
+			if protocol.Decode(f, &ex) == nil {
+				h.mainExited(ex, trigger)
 			}
-			h.mu.Lock()
-			if h.mainExit != nil {
-				h.mu.Unlock()
-				continue
-			}
-			h.mainExit = &ex
-			stopping := h.stopAsked
-			if !stopping {
-				h.stopAsked = true
-				h.stopWhy = sandboxv1alpha1.TerminationCompleted
-				if ex.Code != 0 || ex.Signal != "" {
-					h.stopWhy = sandboxv1alpha1.TerminationFailed
+		case protocol.TypeHeartbeat:
+			var hb protocol.Heartbeat
+			if protocol.Decode(f, &hb) == nil {
+				h.mu.Lock()
+				if hb.ActivitySeq != h.activitySeq || hb.ActiveSessions > 0 {
+					h.activitySeq, h.lastActivity = hb.ActivitySeq, time.Now()
 				}
-			}
-			h.mu.Unlock()
-			trigger()
-			if !stopping {
-				go h.stop(sandboxv1alpha1.StopGraceful, h.grace)
+				h.mu.Unlock()
 			}
 		}
+	}
+}
+
+// mainExited records the main process's end (once), asks for a reconcile
+// and stops the VM: the run is over.
+func (h *vmHandle) mainExited(ex protocol.Exit, trigger func()) {
+	h.mu.Lock()
+	if h.mainExit != nil {
+		h.mu.Unlock()
+		return
+	}
+	h.mainExit = &ex
+	stopping := h.stopAsked
+	if !stopping {
+		h.stopAsked = true
+		h.stopWhy = sandboxv1alpha1.TerminationCompleted
+		if ex.Code != 0 || ex.Signal != "" {
+			h.stopWhy = sandboxv1alpha1.TerminationFailed
+		}
+	}
+	h.mu.Unlock()
+	trigger()
+	if !stopping {
+		go h.stop(sandboxv1alpha1.StopGraceful, h.grace)
 	}
 }
 
@@ -245,8 +329,8 @@ func mainExitMessage(ex protocol.Exit, guestErr string) string {
 }
 
 // stop asks the guest to shut down (mode Kill: kills at once) and kills the
-// VMM when it is still running after grace + killMargin. It runs once per VM, in
-// its own goroutine.
+// VMM when it is still running after grace + killMargin. It runs once per
+// VM, in its own goroutine.
 func (h *vmHandle) stop(mode sandboxv1alpha1.StopMode, grace time.Duration) {
 	h.mu.Lock()
 	conn := h.conn
@@ -254,6 +338,8 @@ func (h *vmHandle) stop(mode sandboxv1alpha1.StopMode, grace time.Duration) {
 	if mode != sandboxv1alpha1.StopKill && conn != nil {
 		f, err := protocol.Encode(0, protocol.TypeShutdown, protocol.Shutdown{GraceMillis: grace.Milliseconds()})
 		if err == nil {
+			// Serialised with nothing else: the handshake's writes happen
+			// before h.conn is set, and only stop writes after that.
 			_ = conn.SetWriteDeadline(time.Now().Add(5 * time.Second))
 			err = protocol.WriteFrame(conn, f)
 		}
@@ -268,6 +354,14 @@ func (h *vmHandle) stop(mode sandboxv1alpha1.StopMode, grace time.Duration) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	_ = h.vm.Kill(ctx)
+}
+
+// consoleSuffix is "; console:" and the console's last lines, or "".
+func consoleSuffix(p vmm.Paths) string {
+	if tail := consoleTail(p, consoleTailLines); tail != "" {
+		return "; console:\n" + tail
+	}
+	return ""
 }
 
 // consoleTail returns the last n lines of the VM's console log.
