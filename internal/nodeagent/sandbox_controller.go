@@ -76,12 +76,12 @@ type SandboxReconciler struct {
 // sandboxState is the agent's record of one Sandbox's current run: what it
 // reports and the VM it runs.
 type sandboxState struct {
-	key          types.NamespacedName
-	run          int32
-	report       report
-	lastApplied  *report
-	handle   *vmHandle
-	failures int // consecutive failed starts (pull, configuration), for the backoff
+	key         types.NamespacedName
+	run         int32
+	report      report
+	lastApplied *report
+	handle      *vmHandle
+	failures    int // consecutive failed starts (pull, configuration), for the backoff
 }
 
 // report is the agent-owned part of the status.
