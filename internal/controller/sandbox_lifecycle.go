@@ -318,7 +318,12 @@ func readyFor(st *sandboxv1alpha1.SandboxStatus) (metav1.ConditionStatus, string
 	case sandboxv1alpha1.PhaseRunning:
 		return metav1.ConditionTrue, sandboxv1alpha1.ReasonRunning, fmt.Sprintf("The guest on node %s answers", st.NodeName)
 	case sandboxv1alpha1.PhaseStarting:
-		return metav1.ConditionFalse, sandboxv1alpha1.ReasonStarting, fmt.Sprintf("Starting on node %s", st.NodeName)
+		msg := fmt.Sprintf("Starting on node %s", st.NodeName)
+		if vm := st.CurrentVM(); vm != nil && vm.Message != "" {
+			// The node agent's word on what the start waits for.
+			msg += ": " + vm.Message
+		}
+		return metav1.ConditionFalse, sandboxv1alpha1.ReasonStarting, msg
 	case sandboxv1alpha1.PhaseDraining:
 		return metav1.ConditionFalse, sandboxv1alpha1.ReasonStopping, "The VM is being stopped"
 	case sandboxv1alpha1.PhaseStopped, sandboxv1alpha1.PhaseCrashed:
@@ -328,6 +333,12 @@ func readyFor(st *sandboxv1alpha1.SandboxStatus) (metav1.ConditionStatus, string
 		}
 		end := st.TerminationReason
 		var code *int32
+		detail := ""
+		if vm := st.CurrentVM(); vm != nil && vm.Message != "" {
+			// Why the VM ended (a crash's last console lines, a failed
+			// main process), from the node agent.
+			detail = ": " + vm.Message
+		}
 		if end == "" {
 			if vm := st.CurrentVM(); vm != nil {
 				end, code = vm.ExitReason, vm.ExitCode
@@ -335,7 +346,7 @@ func readyFor(st *sandboxv1alpha1.SandboxStatus) (metav1.ConditionStatus, string
 		} else {
 			code = st.ExitCode
 		}
-		return metav1.ConditionFalse, reason, fmt.Sprintf("Run %d ended: %s%s", st.Run, end, exitCodeSuffix(code))
+		return metav1.ConditionFalse, reason, fmt.Sprintf("Run %d ended: %s%s%s", st.Run, end, exitCodeSuffix(code), detail)
 	}
 	msg := "Waiting for placement"
 	if c := meta.FindStatusCondition(st.Conditions, sandboxv1alpha1.ConditionScheduled); c != nil && c.Status == metav1.ConditionFalse {
