@@ -384,7 +384,9 @@ func (r *SandboxReconciler) start(ctx context.Context, sbx *sandboxv1alpha1.Sand
 	opts, notes, err := pullOptions(sbx, objs)
 	if err == nil {
 		var img image.Image
-		img, err = r.images.Ensure(ctx, sbx.Spec.Image, opts, nil)
+		progress, done := r.pullProgress(ctx, sbx, st)
+		img, err = r.images.Ensure(ctx, sbx.Spec.Image, opts, progress)
+		done()
 		if err == nil {
 			return r.boot(ctx, sbx, st, img, objs, pulled)
 		}
@@ -395,6 +397,38 @@ func (r *SandboxReconciler) start(ctx context.Context, sbx *sandboxv1alpha1.Sand
 	}
 	setCond(st, sbx, sandboxv1alpha1.ConditionImageReady, metav1.ConditionFalse, sandboxv1alpha1.ReasonErrImagePull, msg)
 	return retry("pull the image", err)
+}
+
+// pullProgressEvery is how often a long pull's progress is written to the
+// ImageReady condition.
+const pullProgressEvery = 2 * time.Second
+
+// pullProgress returns a progress callback for a pull that writes the
+// bytes done and total into the ImageReady condition's message at most
+// every pullProgressEvery, and a function that ends it (the reconcile then
+// owns st again: the callback may run on the pull's goroutine).
+func (r *SandboxReconciler) pullProgress(ctx context.Context, sbx *sandboxv1alpha1.Sandbox, st *sandboxState) (image.ProgressFunc, func()) {
+	var mu sync.Mutex
+	ended := false
+	last := time.Now()
+	report := func(done, total int64) {
+		mu.Lock()
+		defer mu.Unlock()
+		if ended || time.Since(last) < pullProgressEvery {
+			return
+		}
+		last = time.Now()
+		setCond(st, sbx, sandboxv1alpha1.ConditionImageReady, metav1.ConditionUnknown, sandboxv1alpha1.ReasonImagePulling,
+			fmt.Sprintf("Pulling %s: %.1f of %.1f MiB", sbx.Spec.Image, float64(done)/(1<<20), float64(total)/(1<<20)))
+		if err := r.apply(ctx, sbx, st); err != nil {
+			ctrl.LoggerFrom(ctx).V(4).Info("Failed to report pull progress", "error", err.Error())
+		}
+	}
+	return report, func() {
+		mu.Lock()
+		ended = true
+		mu.Unlock()
+	}
 }
 
 // boot prepares the guest's configuration and disks and starts the VM.
