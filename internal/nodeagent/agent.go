@@ -57,6 +57,12 @@ type Args struct {
 	Accelerator string
 	// KVMPath and QEMUBinary locate the accelerator and the VMM.
 	KVMPath, QEMUBinary string
+	// CgroupParent is a cgroup v2 directory under which every VMM gets its
+	// own cgroup (CPU and memory limits where the parent delegates those
+	// controllers); "" leaves the VMMs in the agent's cgroup. In a
+	// DaemonSet it must lie outside the agent container's cgroup, or a
+	// container restart kills the VMs with it.
+	CgroupParent string
 	// MetricsAddr and ProbeAddr are the manager's endpoints ("0" disables).
 	MetricsAddr, ProbeAddr string
 	// Labels are added to the SandboxNode, over the Node's labels.

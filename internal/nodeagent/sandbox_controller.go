@@ -481,7 +481,7 @@ func (r *SandboxReconciler) boot(ctx context.Context, sbx *sandboxv1alpha1.Sandb
 		Kernel: r.args.KernelPath, Initrd: r.initrd,
 		CPUs: int(sbx.Spec.Resources.CPUs), MemoryMiB: int(sbx.Spec.Resources.MemoryMiB),
 		Accel: vmm.Accel(r.accel), TSCkHz: r.tscKHz, RunDir: dir,
-		RootDisk: img.RootfsPath, Disks: disks, Binary: r.args.QEMUBinary,
+		RootDisk: img.RootfsPath, Disks: disks, Binary: r.args.QEMUBinary, CgroupParent: r.args.CgroupParent,
 	}
 	if plan.upperMiB > 0 {
 		cfg.KernelArgs = append(cfg.KernelArgs, "sandbox.upper="+upperSerial)

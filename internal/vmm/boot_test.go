@@ -74,10 +74,15 @@ func TestBootMicroVM(t *testing.T) {
 	g.Expect(err).NotTo(HaveOccurred())
 	t.Cleanup(func() { _ = os.RemoveAll(runDir) })
 
+	// The VMM starts in its own cgroup where the host has a cgroup2
+	// hierarchy (this machine has one, without the cpu and memory
+	// controllers: the cgroup then groups QEMU without limits).
+	cgParent := cgroupTestParent(t)
+
 	start := time.Now()
 	vm, err := vmm.QEMU{}.Start(ctx, vmm.Config{
 		Kernel: kernel, Initrd: initrd, CPUs: 1, MemoryMiB: 128,
-		Accel: testAccel(), TSCkHz: tsc, RunDir: runDir,
+		Accel: testAccel(), TSCkHz: tsc, RunDir: runDir, CgroupParent: cgParent,
 	})
 	g.Expect(err).NotTo(HaveOccurred())
 	t.Cleanup(func() {
@@ -92,6 +97,14 @@ func TestBootMicroVM(t *testing.T) {
 	g.Expect(err).NotTo(HaveOccurred())
 	g.Expect(rec).To(Equal(vm.Process()))
 	g.Expect(rec.Alive()).To(BeTrue(), "the recorded pid and start time identify the running QEMU")
+	if cgParent != "" {
+		g.Expect(rec.Cgroup).NotTo(BeNil())
+		g.Expect(rec.Cgroup.Path).To(Equal(filepath.Join(cgParent, filepath.Base(runDir))))
+		procs, err := os.ReadFile(filepath.Join(rec.Cgroup.Path, "cgroup.procs"))
+		g.Expect(err).NotTo(HaveOccurred())
+		g.Expect(strings.Fields(string(procs))).To(ContainElement(fmt.Sprint(rec.PID)), "QEMU was started straight into its cgroup")
+		t.Logf("QEMU runs in cgroup %s (limits set: %v)", rec.Cgroup.Path, rec.Cgroup.Limited)
+	}
 
 	conn, err := vm.DialAgent(ctx)
 	g.Expect(err).NotTo(HaveOccurred())
@@ -156,6 +169,39 @@ func TestBootMicroVM(t *testing.T) {
 	g.Expect(err).NotTo(HaveOccurred())
 	g.Expect(bytes.Contains(console, []byte("sandbox-init: powering off"))).To(BeTrue(), "console:\n%s", console)
 	g.Expect(rec.Alive()).To(BeFalse())
+	if cgParent != "" {
+		g.Eventually(rec.Cgroup.Path).ShouldNot(BeADirectory(), "the VM's cgroup is removed after QEMU exits")
+	}
+}
+
+// cgroupTestParent creates a cgroup for the test under the host's cgroup2
+// mount, or returns "" (with a log line) when the host has none or it is
+// not writable.
+func cgroupTestParent(t *testing.T) string {
+	b, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		t.Logf("no cgroup test: %v", err)
+		return ""
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		pre, post, ok := strings.Cut(line, " - ")
+		if !ok || !strings.HasPrefix(post, "cgroup2 ") {
+			continue
+		}
+		fields := strings.Fields(pre)
+		if len(fields) < 5 {
+			continue
+		}
+		dir, err := os.MkdirTemp(fields[4], "sandbox-vmm-test-")
+		if err != nil {
+			t.Logf("no cgroup test: %v", err)
+			return ""
+		}
+		t.Cleanup(func() { _ = os.Remove(dir) })
+		return dir
+	}
+	t.Log("no cgroup test: the host has no cgroup2 mount")
+	return ""
 }
 
 // testAccel is TCG unless SANDBOX_TEST_ACCEL=kvm asks for KVM.

@@ -17,6 +17,8 @@ type Process struct {
 	PID int `json:"pid"`
 	// StartTime is field 22 of /proc/<pid>/stat: clock ticks after boot.
 	StartTime uint64 `json:"startTime"`
+	// Cgroup is the VM's own cgroup, if it has one.
+	Cgroup *Cgroup `json:"cgroup,omitempty"`
 }
 
 // ErrProcessGone is returned for a process that no longer runs (or whose
@@ -67,6 +69,9 @@ func (p Process) Alive() (bool, error) {
 	}
 	return st == p.StartTime, nil
 }
+
+// Same reports whether p and o are the same process.
+func (p Process) Same(o Process) bool { return p.PID == o.PID && p.StartTime == o.StartTime }
 
 // WriteProcess records p in file, atomically.
 func WriteProcess(file string, p Process) error {

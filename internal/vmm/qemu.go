@@ -7,6 +7,7 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"syscall"
 	"time"
 
@@ -51,19 +52,40 @@ func (QEMU) Start(ctx context.Context, cfg Config) (VM, error) {
 	// Own session: no signal sent to the agent's process group (a ^C, a
 	// systemd stop) reaches QEMU.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	var cg *Cgroup
+	if cfg.CgroupParent != "" {
+		c, err := createCgroup(cfg.CgroupParent, filepath.Base(cfg.RunDir), cfg.CPUs, cfg.MemoryMiB)
+		if err != nil {
+			return nil, err
+		}
+		dir, err := os.Open(c.Path)
+		if err != nil {
+			removeCgroup(c)
+			return nil, fmt.Errorf("vmm: opening cgroup %s: %w", c.Path, err)
+		}
+		defer func() { _ = dir.Close() }()
+		cmd.SysProcAttr.UseCgroupFD, cmd.SysProcAttr.CgroupFD = true, int(dir.Fd())
+		cg = &c
+	}
 	if err := cmd.Start(); err != nil {
+		if cg != nil {
+			removeCgroup(*cg)
+		}
 		return nil, fmt.Errorf("vmm: starting %s: %w", bin, err)
 	}
 	vm := &qemuVM{paths: p, done: make(chan struct{})}
 	vm.signal = func(sig syscall.Signal) error { return cmd.Process.Signal(sig) }
 	go func() {
 		vm.exitErr = cmd.Wait()
+		if cg != nil {
+			removeCgroup(*cg)
+		}
 		close(vm.done)
 	}()
 
 	st, err := ProcessStartTime("/proc", cmd.Process.Pid)
 	if err == nil {
-		vm.proc = Process{PID: cmd.Process.Pid, StartTime: st}
+		vm.proc = Process{PID: cmd.Process.Pid, StartTime: st, Cgroup: cg}
 		err = WriteProcess(p.Process, vm.proc)
 	}
 	if err != nil {
@@ -103,7 +125,12 @@ func (QEMU) Adopt(runDir string) (VM, error) {
 		return unix.PidfdSendSignal(fd, sig, nil, 0)
 	}
 	go func() {
-		defer func() { _ = unix.Close(fd) }()
+		defer func() {
+			_ = unix.Close(fd)
+			if rec.Cgroup != nil {
+				removeCgroup(*rec.Cgroup)
+			}
+		}()
 		// A pidfd polls readable when its process exits.
 		pfd := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
 		for {

@@ -64,6 +64,11 @@ type Config struct {
 	Disks []Disk
 	// Binary is the VMM executable; "" means the implementation's default.
 	Binary string
+	// CgroupParent, if set, is a cgroup v2 directory under which each VM's
+	// monitor gets its own cgroup (named after RunDir's base name), with
+	// CPU and memory limits from CPUs and MemoryMiB where the parent
+	// delegates those controllers.
+	CgroupParent string
 }
 
 // RootDiskSerial is the virtio-blk serial of Config.RootDisk.
