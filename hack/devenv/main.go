@@ -1,8 +1,11 @@
 // Command devenv runs the local control plane for `make dev`: a real
 // kube-apiserver + etcd (the binaries hack/build-control-plane.sh built),
 // with the project's CRDs installed and an admin kubeconfig written to
-// --kubeconfig-out. (The node agent, bin/node-agent, registers the
-// machine as a SandboxNode; hack/dev.sh runs both.)
+// --kubeconfig-out. It also serves an in-memory image registry on
+// --registry-addr holding dev/busybox:1, an image built from the host's
+// busybox-static, so that the dev samples boot without the internet. (The
+// node agent, bin/node-agent, registers the machine as a SandboxNode;
+// hack/dev.sh runs both.)
 //
 // It runs until interrupted, then stops the control plane.
 package main
@@ -16,6 +19,7 @@ import (
 	"path/filepath"
 	"syscall"
 
+	v1 "github.com/google/go-containerregistry/pkg/v1"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -26,6 +30,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 
 	sandboxv1alpha1 "github.com/microvm-dev/sandbox-operator/api/v1alpha1"
+	"github.com/microvm-dev/sandbox-operator/internal/devimage"
 )
 
 const (
@@ -34,17 +39,54 @@ const (
 
 func main() {
 	var (
-		kubeconfigOut, assets, crdDir string
+		kubeconfigOut, assets, crdDir, registryAddr, busybox string
 	)
 	flag.StringVar(&kubeconfigOut, "kubeconfig-out", "bin/dev/kubeconfig", "Where to write the admin kubeconfig.")
 	flag.StringVar(&assets, "assets", "bin/k8s", "Directory holding kube-apiserver, etcd and kubectl.")
 	flag.StringVar(&crdDir, "crds", "config/crd/bases", "Directory of the CRDs to install.")
+	flag.StringVar(&registryAddr, "registry-addr", "127.0.0.1:5000", "Loopback address of the dev image registry (empty: none).")
+	flag.StringVar(&busybox, "busybox", devimage.DefaultBusybox, "The static busybox the dev image is built from.")
 	flag.Parse()
 
+	if registryAddr != "" {
+		reg, err := serveDevImage(registryAddr, busybox)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "devenv:", err)
+			os.Exit(1)
+		}
+		defer func() { _ = reg.Close() }()
+	}
 	if err := run(kubeconfigOut, assets, crdDir); err != nil {
 		fmt.Fprintln(os.Stderr, "devenv:", err)
 		os.Exit(1)
 	}
+}
+
+// serveDevImage serves dev/busybox:1: busybox-static and its applets, an
+// unprivileged user app, and a Cmd that greets and idles.
+func serveDevImage(addr, busybox string) (*devimage.Registry, error) {
+	files, err := devimage.Busybox(busybox)
+	if err != nil {
+		return nil, err
+	}
+	img, err := devimage.Image(files, v1.Config{
+		Cmd: []string{"/bin/sh", "-c", "echo hello from $(hostname) as $(id -un); exec sleep 86400"},
+		Env: []string{"PATH=/usr/bin:/bin"},
+	})
+	if err != nil {
+		return nil, err
+	}
+	reg, err := devimage.Serve(addr)
+	if err != nil {
+		return nil, fmt.Errorf("serving the dev image registry: %w", err)
+	}
+	ref, err := reg.Push("dev/busybox:1", img)
+	if err != nil {
+		_ = reg.Close()
+		return nil, err
+	}
+	fmt.Printf("devenv: image %s\n", ref)
+	return reg, nil
 }
 
 func run(kubeconfigOut, assets, crdDir string) error {
