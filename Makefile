@@ -65,7 +65,7 @@ test: control-plane guest-kernel tools vet build ## Run everything CI runs: unit
 	go test -run '^$$' -fuzz FuzzReadFrame -fuzztime $(FUZZ_TIME) ./internal/guest/protocol/
 	hack/test-verify.sh
 	# busybox-local boots (TCG) from the registry devenv serves on loopback; the Docker Hub samples only get placed.
-	DEV_SMOKE=1 DEV_DIR=bin/dev-smoke DEV_ACCELERATOR=tcg hack/dev.sh
+	DEV_SMOKE=1 DEV_DIR=bin/dev-smoke hack/dev.sh
 	go test $(GO_TEST_FLAGS) -tags e2e -timeout 20m ./test/e2e/
 
 .PHONY: test-e2e

@@ -8,8 +8,10 @@
 #      kubectl (busybox-local boots from the registry devenv serves on
 #      127.0.0.1:5000, an image built from the host's busybox-static).
 # Prints the KUBECONFIG to use, then runs until Ctrl-C. DEV_VMS=0 runs the
-# agent without its VM runtime (no image pulls). DEV_ACCELERATOR=tcg
-# forces emulation where /dev/kvm exists but cannot boot Linux guests.
+# agent without its VM runtime (no image pulls). The agent emulates the CPU
+# (TCG) by default, which works everywhere; DEV_ACCELERATOR=auto uses KVM
+# where /dev/kvm can create a VM (this project's development machines have a
+# /dev/kvm that passes that probe yet boots no Linux guest).
 #
 # DEV_SMOKE=1 checks instead of waiting: it exits 0 once the sample Sandbox
 # is placed on node "local", busybox-local is Running in a microVM (unless
@@ -52,7 +54,7 @@ vm_flags=(--state-dir "$DEV_DIR/state" --kernel bin/guest/vmlinux --sandbox-init
 # DEV_VMS=0: register the node and heartbeat only (no pulls, no VMs).
 [ "${DEV_VMS:-1}" = 0 ] && vm_flags=()
 # --reserve-cpus 0: on a 2-CPU machine the two samples that run need both vCPUs.
-bin/node-agent --kubeconfig "$KUBECONFIG" --node-name local --allow-emulation --accelerator "${DEV_ACCELERATOR:-auto}" --reserve-cpus 0 \
+bin/node-agent --kubeconfig "$KUBECONFIG" --node-name local --allow-emulation --accelerator "${DEV_ACCELERATOR:-tcg}" --reserve-cpus 0 \
   "${vm_flags[@]}" \
   --metrics-bind-address 127.0.0.1:8090 --health-probe-bind-address 127.0.0.1:8091 >"$DEV_DIR/node-agent.log" 2>&1 &
 pids+=($!)
@@ -72,7 +74,7 @@ Use it with:
   $KUBECTL explain sandbox.spec.runtime
 
 The node agent registers this machine as SandboxNode "local", pulls each placed Sandbox's
-image and boots it as a QEMU microVM (KVM, else TCG; DEV_ACCELERATOR=tcg forces emulation).
+image and boots it as a QEMU microVM (TCG emulation; DEV_ACCELERATOR=auto uses KVM where it works).
 The guest runs the image's entrypoint (phase Running; Stopped with its exit code).
 busybox-local boots from the local registry (127.0.0.1:5000/dev/busybox:1); its console is
 $DEV_DIR/state/vms/<uid>/console.log. python-demo and busybox-parked use Docker Hub images:
