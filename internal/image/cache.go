@@ -65,6 +65,9 @@ type Cache struct {
 
 	mu         sync.Mutex
 	transports map[string]*http.Transport
+	// verified holds, per private image (digest hex), the credential sets
+	// the registry accepted for it (see access.go).
+	verified map[string]map[string]bool
 }
 
 // Option configures a Cache.
@@ -79,7 +82,7 @@ func WithMkfs(path string) Option {
 // New returns a Cache rooted at root, creating it if needed and removing
 // work left behind by a previous process.
 func New(root string, opts ...Option) (*Cache, error) {
-	c := &Cache{root: root, mkfs: "mkfs.ext4", transports: map[string]*http.Transport{}}
+	c := &Cache{root: root, mkfs: "mkfs.ext4", transports: map[string]*http.Transport{}, verified: map[string]map[string]bool{}}
 	for _, o := range opts {
 		o(c)
 	}
@@ -118,6 +121,9 @@ func (c *Cache) Resolve(ctx context.Context, ref string, opts PullOptions) (stri
 		return "", err
 	}
 	if d, ok := c.resolveLocal(r, policy); ok {
+		if err := c.checkAccess(ctx, r, d, opts, policy); err != nil {
+			return "", err
+		}
 		return d.String(), nil
 	}
 	if policy == sandboxv1alpha1.PullNever {
@@ -150,6 +156,9 @@ func (c *Cache) Ensure(ctx context.Context, ref string, opts PullOptions, progre
 	if d, ok := c.resolveLocal(r, policy); ok {
 		img, err := c.lookup(d)
 		if err == nil {
+			if err := c.checkAccess(ctx, r, d, opts, policy); err != nil {
+				return Image{}, err
+			}
 			log.V(4).Info("Using cached image", "digest", img.Digest)
 			return img, nil
 		}
@@ -178,6 +187,9 @@ func (c *Cache) Ensure(ctx context.Context, ref string, opts PullOptions, progre
 		}
 		if err != nil {
 			return Image{}, err
+		}
+		if err := c.recordAccess(src.digest, opts); err != nil {
+			log.Error(err, "Failed to record who may use the image", "digest", src.digest.String())
 		}
 		if err := c.recordRef(r, src.digest); err != nil {
 			// The image is usable; only the next IfNotPresent lookup of

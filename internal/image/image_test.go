@@ -669,3 +669,49 @@ func TestNewRemovesLeftoverScratchSpace(t *testing.T) {
 	g.Expect(os.ReadDir(filepath.Join(root, "tmp"))).To(BeEmpty())
 	g.Expect(c.Cached()).To(Equal([]string{"sha256:" + fmt.Sprintf("%064x", 1)}))
 }
+
+// TestCachedPrivateImageNeedsTheCallersCredentials: a private image pulled
+// by one sandbox is not handed from the cache to a sandbox whose
+// credentials the registry refuses (KEP-2535's rule), while a public one
+// costs no registry request.
+func TestCachedPrivateImageNeedsTheCallersCredentials(t *testing.T) {
+	g := NewWithT(t)
+	reg := newRegistry(t, false)
+	reg.user, reg.password = "alice", "s3cret"
+	digest := reg.push(t, "private/app:v1", smallImage(t, "one"))
+	ref := reg.host + "/private/app:v1"
+	right := Auth{Username: "alice", Password: "s3cret"}
+	ctx := context.Background()
+
+	c, _ := newTestCache(t)
+	img, err := c.Ensure(ctx, ref, PullOptions{Auth: right}, nil)
+	g.Expect(err).NotTo(HaveOccurred())
+	g.Expect(img.Digest).To(Equal(digest.String()))
+
+	_, err = c.Ensure(ctx, ref, PullOptions{}, nil)
+	g.Expect(err).To(MatchError(ErrUnauthorized), "no credentials: the cached private image is refused")
+	_, err = c.Ensure(ctx, ref, PullOptions{Auth: Auth{Username: "alice", Password: "wrong"}}, nil)
+	g.Expect(err).To(MatchError(ErrUnauthorized), "wrong credentials: refused")
+	_, err = c.Resolve(ctx, ref, PullOptions{})
+	g.Expect(err).To(MatchError(ErrUnauthorized), "Resolve answers the same")
+	_, err = c.Ensure(ctx, ref, PullOptions{Policy: sandboxv1alpha1.PullNever}, nil)
+	g.Expect(err).To(MatchError(ErrUnauthorized), "Never cannot check new credentials")
+
+	// The right credentials again: accepted from memory, no request.
+	reg.reset()
+	_, err = c.Ensure(ctx, ref, PullOptions{Auth: right}, nil)
+	g.Expect(err).NotTo(HaveOccurred())
+	g.Expect(reg.traffic().total).To(BeZero())
+
+	// A public image pulled anonymously is served from the cache to anyone
+	// without a request.
+	reg.user = ""
+	reg.push(t, "public/app:v1", smallImage(t, "two"))
+	pub := reg.host + "/public/app:v1"
+	_, err = c.Ensure(ctx, pub, PullOptions{}, nil)
+	g.Expect(err).NotTo(HaveOccurred())
+	reg.reset()
+	_, err = c.Ensure(ctx, pub, PullOptions{Auth: Auth{Username: "bob", Password: "x"}}, nil)
+	g.Expect(err).NotTo(HaveOccurred())
+	g.Expect(reg.traffic().total).To(BeZero())
+}

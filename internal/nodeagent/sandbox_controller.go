@@ -82,6 +82,9 @@ type sandboxState struct {
 	lastApplied *report
 	handle      *vmHandle
 	failures    int // consecutive failed starts (pull, configuration), for the backoff
+	// retryAt is when the next start attempt is due after a failure: passes
+	// triggered sooner (by status writes) wait instead of pulling again.
+	retryAt time.Time
 }
 
 // report is the agent-owned part of the status.
@@ -360,7 +363,6 @@ func (r *SandboxReconciler) observe(sbx *sandboxv1alpha1.Sandbox, st *sandboxSta
 
 // start pulls the image and boots the VM of the current run.
 func (r *SandboxReconciler) start(ctx context.Context, sbx *sandboxv1alpha1.Sandbox, st *sandboxState) (ctrl.Result, error) {
-	log := ctrl.LoggerFrom(ctx)
 	if st.report.VM == nil || st.report.VM.State != sandboxv1alpha1.VMPulling {
 		st.report.VM = r.newVM(sbx)
 		st.report.VM.State = sandboxv1alpha1.VMPulling
@@ -372,11 +374,8 @@ func (r *SandboxReconciler) start(ctx context.Context, sbx *sandboxv1alpha1.Sand
 			return ctrl.Result{}, err
 		}
 	}
-	retry := func(what string, err error) (ctrl.Result, error) {
-		st.failures++
-		backoff := min(pullBackoff<<min(st.failures-1, 20), maxPullBackoff)
-		log.Info("Failed to "+what, "image", sbx.Spec.Image, "error", err.Error(), "retryAfter", backoff)
-		return ctrl.Result{RequeueAfter: backoff}, nil
+	if wait := time.Until(st.retryAt); wait > 0 {
+		return ctrl.Result{RequeueAfter: wait}, nil
 	}
 
 	pulled := time.Now()
@@ -396,7 +395,19 @@ func (r *SandboxReconciler) start(ctx context.Context, sbx *sandboxv1alpha1.Sand
 		msg += "; " + n
 	}
 	setCond(st, sbx, sandboxv1alpha1.ConditionImageReady, metav1.ConditionFalse, sandboxv1alpha1.ReasonErrImagePull, msg)
-	return retry("pull the image", err)
+	// Also the VM's message, which the manager's Ready condition carries.
+	st.report.VM.Message = trim("Failed to pull the image: " + msg)
+	return r.retryLater(ctx, st, "Failed to pull the image", err), nil
+}
+
+// retryLater records a failed start and when to try again: 1 s, doubling
+// up to maxPullBackoff.
+func (r *SandboxReconciler) retryLater(ctx context.Context, st *sandboxState, what string, err error) ctrl.Result {
+	st.failures++
+	backoff := min(pullBackoff<<min(st.failures-1, 20), maxPullBackoff)
+	st.retryAt = time.Now().Add(backoff)
+	ctrl.LoggerFrom(ctx).Info(what, "error", err.Error(), "retryAfter", backoff)
+	return ctrl.Result{RequeueAfter: backoff}
 }
 
 // pullProgressEvery is how often a long pull's progress is written to the
@@ -460,13 +471,10 @@ func (r *SandboxReconciler) boot(ctx context.Context, sbx *sandboxv1alpha1.Sandb
 	case err != nil:
 		// A missing Secret, ConfigMap or key may appear: retried, and
 		// shown while the sandbox waits in Starting.
-		st.failures++
 		st.report.VM.Message = trim("Waiting for the sandbox's configuration: " + err.Error())
-		backoff := min(pullBackoff<<min(st.failures-1, 20), maxPullBackoff)
-		log.Info("Failed to resolve the sandbox's configuration", "error", err.Error(), "retryAfter", backoff)
-		return ctrl.Result{RequeueAfter: backoff}, nil
+		return r.retryLater(ctx, st, "Failed to resolve the sandbox's configuration", err), nil
 	}
-	st.failures = 0
+	st.failures, st.retryAt = 0, time.Time{}
 	st.report.VM.Message = ""
 	dir := r.runDir(sbx.UID)
 	if err := clearRunFiles(dir); err != nil {
