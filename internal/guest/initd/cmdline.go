@@ -4,12 +4,46 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 )
 
-// PortParam is the kernel command-line parameter naming the agent's
-// virtio-serial port (agent.port=agent0).
-const PortParam = "agent.port"
+// Kernel command-line parameters sandbox-init reads.
+const (
+	// PortParam names the agent's virtio-serial port (agent.port=agent0).
+	PortParam = "agent.port"
+	// UpperParam names, by serial, the disk holding the writable layer
+	// (sandbox.upper=upper): an ext4 filesystem the host formatted, kept
+	// across boots. Without it the writable layer is a tmpfs.
+	UpperParam = "sandbox.upper"
+	// UpperMiBParam sizes the tmpfs writable layer in MiB
+	// (sandbox.upper_mib=512); without it tmpfs's default (half the RAM)
+	// applies.
+	UpperMiBParam = "sandbox.upper_mib"
+)
+
+// RootConfig is how the workload's root is assembled, from the kernel
+// command line.
+type RootConfig struct {
+	// UpperDisk is the serial of the writable layer's disk; "" for tmpfs.
+	UpperDisk string
+	// UpperMiB sizes the tmpfs writable layer; 0 is tmpfs's default.
+	UpperMiB int
+}
+
+// ParseRootConfig reads the root's configuration from the parameters of
+// ParseCmdline.
+func ParseRootConfig(params map[string]string) (RootConfig, error) {
+	c := RootConfig{UpperDisk: params[UpperParam]}
+	if v, ok := params[UpperMiBParam]; ok {
+		n, err := strconv.Atoi(v)
+		if err != nil || n <= 0 {
+			return RootConfig{}, fmt.Errorf("%s=%q: want a positive number of MiB", UpperMiBParam, v)
+		}
+		c.UpperMiB = n
+	}
+	return c, nil
+}
 
 // ParseCmdline splits a kernel command line into its key=value parameters;
 // a bare word maps to "". A later parameter overrides an earlier one, as in
