@@ -2,14 +2,30 @@
 // microVM: it mounts the kernel filesystems, loads the modules the
 // initramfs lists, opens its virtio-serial port (named on the kernel command
 // line with agent.port=NAME), greets the node agent with protocol.Hello and
-// serves its requests until it is told to shut down. Meanwhile it mounts the
-// image's disk (/dev/vda, read-only) under a tmpfs-backed overlay at
-// /mnt/root; on protocol.TypeStart it runs the sandbox's main process
-// chrooted there, with its output on the console, and reports its end with
-// protocol.TypeExit (the VM keeps running: the host decides).
+// serves its requests until it is told to shut down.
 //
-// Not yet: orphaned processes are not reaped, the main process runs as
-// root, and its output only goes to the console.
+// Meanwhile it assembles the workload's root at /mnt/root: the image's disk
+// (virtio-blk serial "root", ext4, read-only) under an overlay whose
+// writable layer is the disk named by sandbox.upper= (ext4, kept across
+// boots) or a tmpfs (sandbox.upper_mib= sizes it). Disks are found by
+// serial in /sys/block, never by their order.
+//
+// On protocol.TypeStart it configures the root (mounts, host name, scripts,
+// patches, in that order), then starts the main process through its exec
+// helper (sandbox-init re-executed: see exec_linux.go), which applies the
+// rlimits, chroots, changes user and execs the program, with its output on
+// the console; with Start.Init it hands off to an init system as PID 1 of
+// its own PID namespace. It reports the end with protocol.TypeExit; the VM
+// keeps running: the host decides. A Start that cannot be applied fails as
+// a whole (TypeError, then an Exit with code 127): a half-configured
+// sandbox does not run.
+//
+// The node agent may restart while the VM runs: Session says Hello again to
+// each new connection, with the main process's state, and sends heartbeats.
+//
+// Not yet: orphaned processes are not reaped (a wait4(-1) reaper would
+// steal the main process's status from os/exec), exec sessions are
+// refused, and the main process's output only goes to the console.
 //
 // PID 1 must never exit (the kernel would panic), so every fatal error is
 // logged to the console and ends in a power-off: the host sees QEMU exit

@@ -48,23 +48,29 @@ func run(boot int64, logf func(string, ...any)) error {
 	}
 	logf("loaded %d modules in %v", n, time.Since(t0).Round(time.Millisecond))
 
+	cmdline, err := os.ReadFile("/proc/cmdline")
+	if err != nil {
+		return err
+	}
+	params := ParseCmdline(string(cmdline))
+	name := params[PortParam]
+	if name == "" {
+		return fmt.Errorf("no %s= on the kernel command line", PortParam)
+	}
+	rootCfg, err := ParseRootConfig(params)
+	if err != nil {
+		return err
+	}
+
 	// The workload's root is assembled while the host is greeted; a Start
 	// waits for it. Without a root disk only a Start fails.
-	root := sync.OnceValue(func() error { return prepareRoot(logf) })
+	root := sync.OnceValue(func() error { return prepareRoot(rootCfg, logf) })
 	go func() {
 		if err := root(); err != nil {
 			logf("preparing the root filesystem: %v", err)
 		}
 	}()
 
-	cmdline, err := os.ReadFile("/proc/cmdline")
-	if err != nil {
-		return err
-	}
-	name := ParseCmdline(string(cmdline))[PortParam]
-	if name == "" {
-		return fmt.Errorf("no %s= on the kernel command line", PortParam)
-	}
 	port, err := openPort(name, portWait)
 	if err != nil {
 		return err
@@ -75,8 +81,8 @@ func run(boot int64, logf func(string, ...any)) error {
 	go watchPowerButton(logf)
 
 	s := &Session{Port: port, BootNanos: boot, Logf: logf,
-		RunMain: func(st protocol.Start) (func() protocol.Exit, error) {
-			return startMain(root, RootMnt, st, logf)
+		RunMain: func(st protocol.Start) (MainProcess, error) {
+			return startMain(root, lowerMnt, RootMnt, st, logf)
 		}}
 	return s.Serve()
 }

@@ -1,6 +1,8 @@
 package initd
 
 import (
+	"errors"
+	"io"
 	"net"
 	"os"
 	"path/filepath"
@@ -80,11 +82,13 @@ func TestFindPort(t *testing.T) {
 	}
 }
 
-// host plays the node agent's side of a Session over a pipe.
-func startSession(t *testing.T) (host net.Conn, done chan error, s *Session) {
+// startSession serves a Session over a pipe whose other end plays the
+// node agent. Closing that end makes the port fail for the guest (a net.Pipe
+// is no virtio port: see virtioPortSim for reconnections).
+func startSession(t *testing.T, runMain func(protocol.Start) (MainProcess, error)) (host net.Conn, done chan error, s *Session) {
 	t.Helper()
 	guest, host := net.Pipe()
-	s = &Session{Port: guest, BootNanos: 1234, Logf: t.Logf}
+	s = &Session{Port: guest, BootNanos: 1234, Logf: t.Logf, RunMain: runMain}
 	done = make(chan error, 1)
 	stopped := make(chan struct{})
 	go func() { done <- s.Serve(); _ = guest.Close(); close(stopped) }()
@@ -92,7 +96,7 @@ func startSession(t *testing.T) (host net.Conn, done chan error, s *Session) {
 	return host, done, s
 }
 
-func send(t *testing.T, c net.Conn, stream uint32, typ protocol.Type, msg any) {
+func send(t *testing.T, c io.Writer, stream uint32, typ protocol.Type, msg any) {
 	t.Helper()
 	f, err := protocol.Encode(stream, typ, msg)
 	if err != nil {
@@ -103,23 +107,38 @@ func send(t *testing.T, c net.Conn, stream uint32, typ protocol.Type, msg any) {
 	}
 }
 
+// decodeAs decodes a frame of type typ.
+func decodeAs[T any](g Gomega, f protocol.Frame, typ protocol.Type) T {
+	var v T
+	g.ExpectWithOffset(1, f.Type).To(Equal(typ), "frame payload %s", f.Payload)
+	g.ExpectWithOffset(1, protocol.Decode(f, &v)).To(Succeed())
+	return v
+}
+
+// handshake reads the Hello on host and acknowledges it.
+func handshake(t *testing.T, g Gomega, host deadlineReaderWriter) protocol.Hello {
+	t.Helper()
+	hello := decodeAs[protocol.Hello](g, nextFrame(t, host, 5*time.Second), protocol.TypeHello)
+	send(t, host, 0, protocol.TypeHelloAck, protocol.HelloAck{Version: 1})
+	return hello
+}
+
+// deadlineReaderWriter is a host end of the port.
+type deadlineReaderWriter interface {
+	deadlineReader
+	io.Writer
+}
+
 func TestSessionHandshakeAndShutdown(t *testing.T) {
 	g := NewWithT(t)
-	host, done, s := startSession(t)
+	host, done, s := startSession(t, nil)
 
-	f, err := protocol.ReadFrame(host)
-	g.Expect(err).NotTo(HaveOccurred())
-	g.Expect(f.Type).To(Equal(protocol.TypeHello))
-	var hello protocol.Hello
-	g.Expect(protocol.Decode(f, &hello)).To(Succeed())
+	hello := handshake(t, g, host)
 	g.Expect(hello).To(Equal(protocol.Hello{Version: protocol.Version, Agent: AgentName, BootNanos: 1234}))
-
-	send(t, host, 0, protocol.TypeHelloAck, protocol.HelloAck{Version: 1})
 	// A type from a future version is ignored, an exec is refused on its stream.
 	send(t, host, 0, protocol.Type(200), map[string]string{})
 	send(t, host, 7, protocol.TypeExec, protocol.Exec{Argv: []string{"/bin/true"}})
-	f, err = protocol.ReadFrame(host)
-	g.Expect(err).NotTo(HaveOccurred())
+	f := nextFrame(t, host, time.Second)
 	g.Expect(f.Type).To(Equal(protocol.TypeError))
 	g.Expect(f.Stream).To(Equal(uint32(7)))
 
@@ -131,9 +150,8 @@ func TestSessionHandshakeAndShutdown(t *testing.T) {
 
 func TestSessionIgnoresRequestsBeforeTheHelloAck(t *testing.T) {
 	g := NewWithT(t)
-	host, done, _ := startSession(t)
-	_, err := protocol.ReadFrame(host)
-	g.Expect(err).NotTo(HaveOccurred())
+	host, done, _ := startSession(t, nil)
+	nextFrame(t, host, 5*time.Second)
 	send(t, host, 0, protocol.TypeShutdown, protocol.Shutdown{})
 	g.Consistently(done).WithTimeout(50 * time.Millisecond).ShouldNot(Receive())
 	send(t, host, 0, protocol.TypeHelloAck, protocol.HelloAck{Version: 1})
@@ -144,21 +162,21 @@ func TestSessionIgnoresRequestsBeforeTheHelloAck(t *testing.T) {
 func TestSessionRejectsAVersionItDoesNotSpeak(t *testing.T) {
 	for _, v := range []int{0, protocol.Version + 1} {
 		g := NewWithT(t)
-		host, done, _ := startSession(t)
-		_, err := protocol.ReadFrame(host)
-		g.Expect(err).NotTo(HaveOccurred())
+		host, done, _ := startSession(t, nil)
+		nextFrame(t, host, 5*time.Second)
 		send(t, host, 0, protocol.TypeHelloAck, protocol.HelloAck{Version: v})
 		g.Eventually(done).WithTimeout(time.Second).Should(Receive(MatchError(ContainSubstring("protocol version"))))
 	}
 }
 
-func TestSessionEndsWhenThePortCloses(t *testing.T) {
+func TestSessionEndsWhenThePortFails(t *testing.T) {
 	g := NewWithT(t)
-	host, done, _ := startSession(t)
-	_, err := protocol.ReadFrame(host)
-	g.Expect(err).NotTo(HaveOccurred())
+	host, done, _ := startSession(t, nil)
+	nextFrame(t, host, 5*time.Second)
+	// The guest reads EOF (a host went), says Hello for the next one and
+	// the write fails: a closed pipe is a broken port, not a virtio one.
 	g.Expect(host.Close()).To(Succeed())
-	g.Eventually(done).WithTimeout(time.Second).Should(Receive(MatchError(ContainSubstring("reading from the port"))))
+	g.Eventually(done).WithTimeout(time.Second).Should(Receive(MatchError(ContainSubstring("sending hello"))))
 }
 
 func TestLookPath(t *testing.T) {
@@ -194,58 +212,55 @@ func TestLookPath(t *testing.T) {
 
 func TestSessionStartsTheMainProcessAndReportsItsExit(t *testing.T) {
 	g := NewWithT(t)
-	guest, host := net.Pipe()
 	got := make(chan protocol.Start, 1)
-	s := &Session{Port: guest, Logf: t.Logf, RunMain: func(st protocol.Start) (func() protocol.Exit, error) {
+	host, _, _ := startSession(t, func(st protocol.Start) (MainProcess, error) {
 		got <- st
-		return func() protocol.Exit { return protocol.Exit{Code: 3} }, nil
-	}}
-	stopped := make(chan struct{})
-	go func() { _ = s.Serve(); _ = guest.Close(); close(stopped) }()
-	t.Cleanup(func() { _ = host.Close(); <-stopped })
-
-	_, err := protocol.ReadFrame(host)
-	g.Expect(err).NotTo(HaveOccurred())
-	send(t, host, 0, protocol.TypeHelloAck, protocol.HelloAck{Version: 1})
+		return MainProcess{PID: 42, Wait: func() protocol.Exit { return protocol.Exit{Code: 3} }}, nil
+	})
+	handshake(t, g, host)
 	start := protocol.Start{Argv: []string{"/bin/exit3"}, Env: []string{"FOO=bar"}, Dir: "/"}
 	send(t, host, 0, protocol.TypeStart, start)
 	g.Eventually(got).Should(Receive(Equal(start)))
-	f, err := protocol.ReadFrame(host)
-	g.Expect(err).NotTo(HaveOccurred())
-	g.Expect(f.Type).To(Equal(protocol.TypeExit))
+	f := nextFrame(t, host, 5*time.Second)
 	g.Expect(f.Stream).To(Equal(uint32(0)))
-	var exit protocol.Exit
-	g.Expect(protocol.Decode(f, &exit)).To(Succeed())
-	g.Expect(exit).To(Equal(protocol.Exit{Code: 3}))
+	g.Expect(decodeAs[protocol.Exit](g, f, protocol.TypeExit)).To(Equal(protocol.Exit{Code: 3}))
 
 	// A second start is refused.
 	send(t, host, 0, protocol.TypeStart, start)
-	f, err = protocol.ReadFrame(host)
-	g.Expect(err).NotTo(HaveOccurred())
-	g.Expect(f.Type).To(Equal(protocol.TypeError))
+	g.Expect(nextFrame(t, host, 5*time.Second).Type).To(Equal(protocol.TypeError))
+}
+
+func TestSessionRefusesAStartItCannotRun(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		runMain func(protocol.Start) (MainProcess, error)
+		start   protocol.Start
+		want    string
+	}{
+		{name: "an agent without RunMain", start: protocol.Start{Argv: []string{"x"}}, want: "cannot start"},
+		{name: "an empty argv without an init", runMain: func(protocol.Start) (MainProcess, error) { return MainProcess{}, nil },
+			want: "empty argv"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			g := NewWithT(t)
+			host, _, _ := startSession(t, tc.runMain)
+			handshake(t, g, host)
+			send(t, host, 0, protocol.TypeStart, tc.start)
+			e := decodeAs[protocol.Error](g, nextFrame(t, host, 5*time.Second), protocol.TypeError)
+			g.Expect(e.Message).To(ContainSubstring(tc.want))
+		})
+	}
 }
 
 func TestSessionReportsAMainProcessThatCannotStart(t *testing.T) {
 	g := NewWithT(t)
-	guest, host := net.Pipe()
-	s := &Session{Port: guest, Logf: t.Logf, RunMain: func(protocol.Start) (func() protocol.Exit, error) {
-		return nil, os.ErrNotExist
-	}}
-	stopped := make(chan struct{})
-	go func() { _ = s.Serve(); _ = guest.Close(); close(stopped) }()
-	t.Cleanup(func() { _ = host.Close(); <-stopped })
-
-	_, err := protocol.ReadFrame(host)
-	g.Expect(err).NotTo(HaveOccurred())
-	send(t, host, 0, protocol.TypeHelloAck, protocol.HelloAck{Version: 1})
+	host, _, _ := startSession(t, func(protocol.Start) (MainProcess, error) {
+		return MainProcess{}, errors.New("patch 0 (Text /etc/passwd): the path exists in the image")
+	})
+	handshake(t, g, host)
 	send(t, host, 0, protocol.TypeStart, protocol.Start{Argv: []string{"nope"}})
-	f, err := protocol.ReadFrame(host)
-	g.Expect(err).NotTo(HaveOccurred())
-	g.Expect(f.Type).To(Equal(protocol.TypeError))
-	f, err = protocol.ReadFrame(host)
-	g.Expect(err).NotTo(HaveOccurred())
-	g.Expect(f.Type).To(Equal(protocol.TypeExit))
-	var exit protocol.Exit
-	g.Expect(protocol.Decode(f, &exit)).To(Succeed())
+	e := decodeAs[protocol.Error](g, nextFrame(t, host, 5*time.Second), protocol.TypeError)
+	g.Expect(e.Message).To(ContainSubstring("patch 0 (Text /etc/passwd)"))
+	exit := decodeAs[protocol.Exit](g, nextFrame(t, host, 5*time.Second), protocol.TypeExit)
 	g.Expect(exit.Code).To(Equal(startFailedCode))
 }
