@@ -38,6 +38,7 @@ type virtioPortSim struct {
 	deadline time.Time
 	timer    *time.Timer
 	held     bool // HoldReads
+	stuck    bool // HoldWrites
 	blocked  int  // guest writes waiting for a host
 	// gone counts disconnections, seen the EOFs the guest read after one.
 	gone, seen int
@@ -88,6 +89,15 @@ func (p *virtioPortSim) HoldReads(hold bool) {
 	p.cond.Broadcast()
 }
 
+// HoldWrites makes guest writes block (true) as they do when the host does
+// not read and the virtqueue is full, or lets them go (false).
+func (p *virtioPortSim) HoldWrites(hold bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.stuck = hold
+	p.cond.Broadcast()
+}
+
 // WaitBlockedWriter waits until a guest write is blocked for want of a
 // host.
 func (p *virtioPortSim) WaitBlockedWriter(t *testing.T) {
@@ -134,7 +144,7 @@ func (p *virtioPortSim) Write(b []byte) (int, error) {
 		if !p.deadline.IsZero() && !time.Now().Before(p.deadline) {
 			return 0, os.ErrDeadlineExceeded
 		}
-		if p.host != nil {
+		if p.host != nil && !p.stuck {
 			p.host.toHost.Write(b)
 			p.cond.Broadcast()
 			return len(b), nil

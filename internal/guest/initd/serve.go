@@ -51,6 +51,16 @@ type MainProcess struct {
 // dropped. A write that was already blocked for the old connection is
 // interrupted with a write deadline (the port's os.File is in Go's poller,
 // so it supports one), lest it reach the next host before the Hello.
+//
+// The guest learns of a disconnection only when its reader runs while no
+// host is connected. A host that reconnects before that (QEMU handles a
+// close and the next accept in microseconds) is indistinguishable from
+// the old one: the driver reports the port as connected all along, and
+// the new host reads heartbeats instead of a Hello. So the host must leave
+// the port unconnected for a moment before it dials again (the guest
+// noticed within 4-6 ms in the VM test, on an idle TCG vCPU), and should
+// treat a first frame that is not a Hello as this case: close, pause
+// longer, dial again.
 type Session struct {
 	// Port is the agent port (the virtio-serial device in the guest). When
 	// it has SetWriteDeadline, a write blocked at a disconnection is
@@ -91,6 +101,9 @@ type Session struct {
 	main *protocol.MainState
 	// activity counts host-driven operations (Heartbeat.ActivitySeq).
 	activity uint64
+	// heartbeatQueued is set while a heartbeat waits for the writer: a host
+	// that stops reading gets one stale heartbeat, not a growing queue.
+	heartbeatQueued bool
 }
 
 // outFrame is a frame queued for the writer.
@@ -357,6 +370,9 @@ func (s *Session) writeLoop() {
 		}
 		o := s.out[0]
 		s.out = s.out[1:]
+		if o.frame.Type == protocol.TypeHeartbeat {
+			s.heartbeatQueued = false
+		}
 		s.mu.Unlock()
 		err := s.write(o)
 		switch {
@@ -406,7 +422,8 @@ func (s *Session) write(o outFrame) error {
 }
 
 // heartbeats queues a TypeHeartbeat every interval while a host that has
-// acknowledged the Hello is connected, until stop is closed.
+// acknowledged the Hello is connected, unless the last one is still
+// queued, until stop is closed.
 func (s *Session) heartbeats(stop <-chan struct{}) {
 	every := s.HeartbeatInterval
 	if every <= 0 {
@@ -421,9 +438,10 @@ func (s *Session) heartbeats(stop <-chan struct{}) {
 		case <-t.C:
 		}
 		s.mu.Lock()
-		if s.acked {
+		if s.acked && !s.heartbeatQueued {
 			// ActiveSessions stays 0 until exec sessions exist.
 			s.sendLocked(0, protocol.TypeHeartbeat, protocol.Heartbeat{ActivitySeq: s.activity})
+			s.heartbeatQueued = true
 		}
 		s.mu.Unlock()
 	}

@@ -238,3 +238,22 @@ func TestSessionHeartbeats(t *testing.T) {
 		g.Expect(hb.ActivitySeq).To(Equal(uint64(2)))
 	}
 }
+
+func TestSessionQueuesOneHeartbeatAtMostForAHostThatDoesNotRead(t *testing.T) {
+	g := NewWithT(t)
+	port, s, _ := serveSim(t, nil)
+	host := port.Connect(t)
+	handshake(t, g, host)
+	decodeAs[protocol.Heartbeat](g, readAnyFrame(t, host, 5*time.Second), protocol.TypeHeartbeat)
+	// The agent hangs: the port fills, the writer blocks on a heartbeat, and
+	// ten intervals later one more waits, not ten.
+	port.HoldWrites(true)
+	port.WaitBlockedWriter(t)
+	g.Consistently(func() int {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		return len(s.out)
+	}).WithTimeout(100 * time.Millisecond).WithPolling(5 * time.Millisecond).Should(BeNumerically("<=", 1))
+	port.HoldWrites(false)
+	decodeAs[protocol.Heartbeat](g, readAnyFrame(t, host, 5*time.Second), protocol.TypeHeartbeat)
+}

@@ -152,6 +152,10 @@ func TestMicroVMRunsAConfiguredSandboxAcrossAgentRestarts(t *testing.T) {
 		g.Expect(sawHeartbeat).To(BeTrue(), "heartbeats while the main process runs")
 		g.Expect(*exit).To(Equal(protocol.Exit{Code: 3}))
 		shutdown(t, vm, conn)
+		console = waitConsole(t, vm, "powering off", time.Second)
+		// The port supports the write deadline that keeps a write meant
+		// for the old agent from reaching the new one before the Hello.
+		g.Expect(console).NotTo(ContainSubstring("cannot interrupt a blocked write"))
 
 		// What the main process wrote is on the upper disk.
 		g.Expect(debugfsCat(t, disks.upper, "/upper/srv/cache/persist.txt")).To(Equal("upper-data\n"))
