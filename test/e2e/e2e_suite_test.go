@@ -7,17 +7,32 @@
 // authenticated as the ServiceAccount config/rbac binds its roles to (so
 // the manifests are shown to be sufficient, not just well-formed); kubectl
 // and the test's own clients act as an admin user (system:masters).
-// The test stands in for the node agents (it registers SandboxNodes, renews
-// their Leases and reports VM observations with server-side apply), since
-// the agent does not exist yet.
 //
-// Run it with `make test-e2e`, or after `make build`:
+// Two top-level containers, each with its own manager process (Ginkgo runs
+// top-level containers in random order; each stops its manager when done,
+// which releases the leader Lease):
+//
+//   - "sandbox-operator" (e2e_test.go): the manager's placement and
+//     lifecycle against stand-in node agents (internal/standin: the test
+//     registers SandboxNodes, renews their Leases and reports VM
+//     observations with server-side apply) — samples, a manager crash, node
+//     loss, deletion.
+//   - NodeAgentVMSpec (vm_test.go): two real node agents (bin/node-agent)
+//     as processes under config/rbac/node-agent, booting QEMU microVMs
+//     (TCG where there is no KVM) from an image the test builds and serves
+//     from an in-memory registry on 127.0.0.1. It needs bin/sandbox-init,
+//     bin/guest (`make guest-kernel`), qemu-system-x86_64, mkfs.ext4 and a
+//     static busybox (hack/setup.sh), and fails, rather than skips,
+//     without them.
+//
+// Run it with `make test-e2e`, or after `make build guest-kernel`:
 //
 //	go test -count=1 -tags e2e -timeout 20m ./test/e2e/ -v -ginkgo.v
 //
-// The work directory (kubeconfigs, manifests, manager.log) is removed after
-// a passing run and kept after a failing one, or always with
-// E2E_KEEP_WORKDIR=1.
+// The work directory (kubeconfigs, manifests, the processes' logs) is
+// removed after a passing run and kept after a failing one, or always with
+// E2E_KEEP_WORKDIR=1; so are the node agents' state directories (VM run
+// directories with their consoles), in $TMPDIR/e2e-vm-*.
 package e2e
 
 import (
@@ -87,7 +102,7 @@ var (
 	kubectlPath           string
 	managerBin            string
 
-	mgr    *managerProcess
+	mgr    *process
 	agents *nodeAgents
 
 	anySpecFailed bool

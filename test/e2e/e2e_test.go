@@ -54,7 +54,8 @@ var _ = Describe("sandbox-operator", Ordered, func() {
 		Expect(out).To(ContainSubstring("node-b"))
 
 		By("starting bin/manager as a process, as its ServiceAccount, with leader election")
-		mgr = &managerProcess{
+		mgr = &process{
+			name:        "the manager",
 			bin:         managerBin,
 			logPath:     filepath.Join(workDir, "manager.log"),
 			healthAddr:  freeLoopbackAddr(),
@@ -79,7 +80,17 @@ var _ = Describe("sandbox-operator", Ordered, func() {
 	AfterEach(func() {
 		if CurrentSpecReport().Failed() {
 			anySpecFailed = true
-			dumpDiagnostics()
+			dumpDiagnostics(mgr)
+		}
+	})
+
+	// The other containers start their own manager (top-level containers
+	// run in random order): this one must not stay leader. SIGTERM releases
+	// the leader Lease at once (LeaderElectionReleaseOnCancel).
+	AfterAll(func() {
+		if mgr.running() {
+			By("stopping the manager (SIGTERM)")
+			Expect(mgr.stop(15*time.Second)).To(Succeed(), "manager log:\n%s", mgr.logTail(40))
 		}
 	})
 

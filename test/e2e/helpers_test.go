@@ -73,11 +73,14 @@ func freeLoopbackAddr() string {
 	return l.Addr().String()
 }
 
-// managerProcess is bin/manager running as a separate OS process, the way
-// it runs in a cluster (one process, its own caches, its own leader
-// election), with stdout and stderr appended to one log file across
-// restarts.
-type managerProcess struct {
+// process is one of the operator's binaries (bin/manager, bin/node-agent)
+// running as a separate OS process, the way it runs in a cluster (one
+// process, its own caches), with stdout and stderr appended to one log
+// file across restarts.
+type process struct {
+	// name says which process it is in messages ("the manager", "the node
+	// agent of vm-a").
+	name    string
 	bin     string
 	args    []string
 	logPath string
@@ -91,8 +94,8 @@ type managerProcess struct {
 	waitErr error
 }
 
-// start starts a new manager process with the same flags as before.
-func (m *managerProcess) start() {
+// start starts a new process with the same flags as before.
+func (m *process) start() {
 	GinkgoHelper()
 	logFile, err := os.OpenFile(m.logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	Expect(err).NotTo(HaveOccurred())
@@ -103,14 +106,14 @@ func (m *managerProcess) start() {
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
 		_ = logFile.Close()
-		Fail(fmt.Sprintf("failed to start the manager: %v", err))
+		Fail(fmt.Sprintf("failed to start %s: %v", m.name, err))
 	}
-	fmt.Fprintf(GinkgoWriter, "started the manager, pid %d, log %s\n", cmd.Process.Pid, m.logPath)
+	fmt.Fprintf(GinkgoWriter, "started %s, pid %d, log %s\n", m.name, cmd.Process.Pid, m.logPath)
 	m.cmd, m.exited, m.waitErr = cmd, make(chan struct{}), nil
 	exited := m.exited
 	go func() {
 		err := cmd.Wait()
-		fmt.Fprintf(logFile, "==== e2e: manager pid %d exited: %v at %s\n", cmd.Process.Pid, err, time.Now().Format(time.RFC3339Nano))
+		fmt.Fprintf(logFile, "==== e2e: pid %d exited: %v at %s\n", cmd.Process.Pid, err, time.Now().Format(time.RFC3339Nano))
 		_ = logFile.Close()
 		m.waitErr = err
 		close(exited)
@@ -118,7 +121,7 @@ func (m *managerProcess) start() {
 }
 
 // running reports whether the current process is still alive.
-func (m *managerProcess) running() bool {
+func (m *process) running() bool {
 	if m == nil || m.cmd == nil {
 		return false
 	}
@@ -133,11 +136,11 @@ func (m *managerProcess) running() bool {
 // waitReady waits until the process answers /readyz. (Probes are served
 // before leader election completes: readiness means the process is up,
 // not that it leads; see leaderHolder.)
-func (m *managerProcess) waitReady(timeout time.Duration) {
+func (m *process) waitReady(timeout time.Duration) {
 	GinkgoHelper()
 	Eventually(func(g Gomega) {
 		if !m.running() {
-			StopTrying(fmt.Sprintf("the manager exited during startup (%v); log:\n%s", m.waitErr, m.logTail(40))).Now()
+			StopTrying(fmt.Sprintf("%s exited during startup (%v); log:\n%s", m.name, m.waitErr, m.logTail(40))).Now()
 		}
 		resp, err := http.Get("http://" + m.healthAddr + "/readyz")
 		g.Expect(err).NotTo(HaveOccurred())
@@ -147,7 +150,7 @@ func (m *managerProcess) waitReady(timeout time.Duration) {
 }
 
 // scrapeMetrics returns the manager's Prometheus metrics page.
-func (m *managerProcess) scrapeMetrics(g Gomega) string {
+func (m *process) scrapeMetrics(g Gomega) string {
 	resp, err := http.Get("http://" + m.metricsAddr + "/metrics")
 	g.Expect(err).NotTo(HaveOccurred())
 	defer func() { _ = resp.Body.Close() }()
@@ -157,9 +160,9 @@ func (m *managerProcess) scrapeMetrics(g Gomega) string {
 	return string(b)
 }
 
-// forbiddenLines returns the lines of the manager's log where the API
+// forbiddenLines returns the lines of the process's log where the API
 // server refused it something, except those matching an entry of known.
-func (m *managerProcess) forbiddenLines(known ...[]string) []string {
+func (m *process) forbiddenLines(known ...[]string) []string {
 	GinkgoHelper()
 	b, err := os.ReadFile(m.logPath)
 	Expect(err).NotTo(HaveOccurred())
@@ -185,16 +188,16 @@ lines:
 
 // kill sends SIGKILL and waits for the process to be gone: a crash, with
 // no chance to release the leader Lease.
-func (m *managerProcess) kill() {
+func (m *process) kill() {
 	GinkgoHelper()
-	Expect(m.running()).To(BeTrue(), "the manager is not running")
+	Expect(m.running()).To(BeTrue(), "%s is not running", m.name)
 	Expect(m.cmd.Process.Signal(syscall.SIGKILL)).To(Succeed())
 	Eventually(m.exited).WithTimeout(10 * time.Second).Should(BeClosed())
 }
 
 // stop sends SIGTERM and waits up to grace; then it kills the process and
 // reports that.
-func (m *managerProcess) stop(grace time.Duration) error {
+func (m *process) stop(grace time.Duration) error {
 	if !m.running() {
 		return nil
 	}
@@ -205,12 +208,12 @@ func (m *managerProcess) stop(grace time.Duration) error {
 	case <-time.After(grace):
 		_ = m.cmd.Process.Kill()
 		<-m.exited
-		return fmt.Errorf("the manager did not exit within %s of SIGTERM; killed", grace)
+		return fmt.Errorf("%s did not exit within %s of SIGTERM; killed", m.name, grace)
 	}
 }
 
-// logTail returns the last n lines of the manager's log.
-func (m *managerProcess) logTail(n int) string {
+// logTail returns the last n lines of the process's log.
+func (m *process) logTail(n int) string {
 	b, err := os.ReadFile(m.logPath)
 	if err != nil {
 		return fmt.Sprintf("(cannot read %s: %v)", m.logPath, err)
@@ -376,13 +379,16 @@ func agentConfirmsDeletion(ctx context.Context, name string) {
 	}).Should(Succeed())
 }
 
-// dumpDiagnostics prints what a failed spec needs to be debugged: the
-// manager's log, the Sandboxes, SandboxNodes, Leases and events.
-func dumpDiagnostics() {
+// dumpDiagnostics prints what a failed spec needs to be debugged: the logs
+// of procs (the manager, node agents), the Sandboxes, SandboxNodes, Leases
+// and events.
+func dumpDiagnostics(procs ...*process) {
 	w := GinkgoWriter
 	fmt.Fprintf(w, "\n======== diagnostics for %q ========\n", CurrentSpecReport().FullText())
-	if mgr != nil {
-		fmt.Fprintf(w, "---- manager log (last 150 lines of %s) ----\n%s\n", mgr.logPath, mgr.logTail(150))
+	for _, p := range procs {
+		if p != nil {
+			fmt.Fprintf(w, "---- log of %s (last 150 lines of %s) ----\n%s\n", p.name, p.logPath, p.logTail(150))
+		}
 	}
 	for _, args := range [][]string{
 		{"get", "sbx", "-A", "-o", "wide"},
