@@ -62,3 +62,21 @@ func WriteFiles(dir string, files []protocol.File) error {
 	}
 	return nil
 }
+
+// openFreshVolume makes the root of a fresh ext4 volume (nothing in it but
+// mkfs's lost+found) world-writable, as Kubernetes makes an emptyDir, since
+// mkfs leaves it root's and 0755 and the workload may run as any user.
+// A volume the workload already used keeps the mode it has: a later boot
+// must not undo its chmod.
+func openFreshVolume(dir string) error {
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return err
+	}
+	for _, e := range ents {
+		if e.Name() != "lost+found" {
+			return nil
+		}
+	}
+	return os.Chmod(dir, 0o777)
+}

@@ -35,7 +35,9 @@ func applyMount(root string, m protocol.Mount) error {
 	}
 	switch {
 	case m.TmpfsMiB > 0:
-		data := "mode=0755,size=" + strconv.Itoa(m.TmpfsMiB) + "m"
+		// World-writable, as Kubernetes makes an emptyDir: the workload may
+		// run as any user.
+		data := "mode=0777,size=" + strconv.Itoa(m.TmpfsMiB) + "m"
 		if err := unix.Mount("tmpfs", target, "tmpfs", flags, data); err != nil {
 			return fmt.Errorf("mounting a tmpfs: %w", err)
 		}
@@ -46,6 +48,11 @@ func applyMount(root string, m protocol.Mount) error {
 		}
 		if err := unix.Mount(dev, target, "ext4", flags, ""); err != nil {
 			return fmt.Errorf("mounting disk %q (%s) as ext4: %w", m.Disk, dev, err)
+		}
+		if !m.ReadOnly {
+			if err := openFreshVolume(target); err != nil {
+				return fmt.Errorf("disk %q: %w", m.Disk, err)
+			}
 		}
 	default:
 		// A projection (ConfigMap, Secret): populated, then frozen, so that

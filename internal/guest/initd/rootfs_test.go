@@ -496,3 +496,25 @@ func TestParseRootConfig(t *testing.T) {
 		})
 	}
 }
+
+func TestOpenFreshVolume(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		entries map[string]string
+		want    fs.FileMode
+	}{
+		{name: "a fresh volume becomes world-writable", entries: map[string]string{"lost+found/": ""}, want: 0o777},
+		{name: "an empty one too", entries: map[string]string{}, want: 0o777},
+		{name: "a used volume keeps its mode", entries: map[string]string{"lost+found/": "", "data": "x"}, want: 0o700},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			g := NewWithT(t)
+			dir := tree(t, tc.entries)
+			g.Expect(os.Chmod(dir, 0o700)).To(Succeed())
+			g.Expect(openFreshVolume(dir)).To(Succeed())
+			fi, err := os.Stat(dir)
+			g.Expect(err).NotTo(HaveOccurred())
+			g.Expect(fi.Mode().Perm()).To(Equal(tc.want))
+		})
+	}
+}

@@ -31,6 +31,7 @@ echo "text=$(cat /etc/greeting.txt) link=$(readlink /etc/link)"
 echo "motd=$(tr '\n' '|' < /etc/motd)"
 echo "files=$(cat /etc/app/app.conf) filesro=$(grep -c ' /etc/app tmpfs ro,' /proc/mounts)"
 echo "scratch=$(grep -c ' /scratch tmpfs rw,.*size=8192k' /proc/mounts) data=$(grep -c ' /data ext4 rw' /proc/mounts)"
+echo x > /scratch/f && echo x > /data/f && echo "volumes=writable"
 test -d /srv/cache && echo "mkdir=ok"
 greet world
 echo upper-data > /srv/cache/persist.txt && echo "wrote=ok"
@@ -115,6 +116,7 @@ func TestMicroVMRunsAConfiguredSandboxAcrossAgentRestarts(t *testing.T) {
 			"motd=image-motd|appended|",
 			"files=from-files filesro=1",
 			"scratch=1 data=1",
+			"volumes=writable",
 			"mkdir=ok",
 			"script=world",
 			"wrote=ok",
