@@ -23,12 +23,17 @@ func validHostname(h string) error {
 			return fmt.Errorf("hostname %q: empty label or label starting or ending with '-'", h)
 		}
 		for _, c := range label {
-			if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-') {
+			if !hostnameChar(c) {
 				return fmt.Errorf("hostname %q: invalid character %q", h, c)
 			}
 		}
 	}
 	return nil
+}
+
+// hostnameChar reports whether c may appear in a host name label.
+func hostnameChar(c rune) bool {
+	return c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-'
 }
 
 // defaultHosts is /etc/hosts for an image that has none; %s is the host

@@ -125,7 +125,7 @@ type writeDeadliner interface {
 func (s *Session) Serve() error {
 	s.mu.Lock()
 	s.cond = sync.NewCond(&s.mu)
-	_, hello := s.helloLocked()
+	hello := s.helloLocked()
 	s.mu.Unlock()
 	go s.writeLoop()
 	stop := make(chan struct{})
@@ -154,7 +154,7 @@ func (s *Session) Serve() error {
 // helloLocked queues a Hello for the current connection, reporting the
 // main process's state, and returns the channel that receives its write's
 // result. s.mu is held.
-func (s *Session) helloLocked() (uint64, chan error) {
+func (s *Session) helloLocked() chan error {
 	h := protocol.Hello{Version: protocol.Version, Agent: AgentName, BootNanos: s.BootNanos}
 	if s.main != nil {
 		m := *s.main
@@ -164,10 +164,10 @@ func (s *Session) helloLocked() (uint64, chan error) {
 	f, err := protocol.Encode(0, protocol.TypeHello, h)
 	if err != nil {
 		done <- err
-		return s.conn, done
+		return done
 	}
 	s.enqueueLocked(outFrame{conn: s.conn, frame: f, done: done})
-	return s.conn, done
+	return done
 }
 
 // hostGone starts the next connection: it queues its Hello and interrupts
@@ -181,7 +181,7 @@ func (s *Session) hostGone() chan error {
 	// The writer waits while kicking: the deadline below must not hit the
 	// new Hello.
 	s.kicking = canInterrupt
-	_, hello := s.helloLocked()
+	hello := s.helloLocked()
 	s.mu.Unlock()
 	if !canInterrupt {
 		return hello

@@ -1,6 +1,7 @@
 package initd
 
 import (
+	"errors"
 	"testing"
 	"time"
 
@@ -42,7 +43,10 @@ func serveSim(t *testing.T, runMain func(protocol.Start) (MainProcess, error)) (
 		send(t, h, 0, protocol.TypeHelloAck, protocol.HelloAck{Version: 1})
 		send(t, h, 0, protocol.TypeShutdown, protocol.Shutdown{})
 		select {
-		case <-done:
+		case err := <-done:
+			if err != nil && !errors.Is(err, ErrShutdown) {
+				t.Errorf("the session ended with %v", err)
+			}
 		case <-time.After(5 * time.Second):
 			t.Error("the session did not end")
 		}
