@@ -73,8 +73,9 @@ test-e2e: control-plane build ## Run the end-to-end suite (control plane + manag
 	go test $(GO_TEST_FLAGS) -tags e2e -timeout 20m ./test/e2e/ -v -ginkgo.v
 
 .PHONY: bench
-bench: control-plane build ## Run benchmarks; writes bench/results.json and bench/results.md.
+bench: control-plane guest-kernel build ## Run benchmarks (placement; boot: apply→Running vs a bare QEMU boot, idle RSS); writes bench/results.json and bench/results.md.
 	go run ./bench/cmd/placebench -out bench -build=false
+	go run ./bench/cmd/bootbench -out bench -build=false
 
 ##@ Build
 

@@ -1,0 +1,390 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"math"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"time"
+
+	sandboxv1alpha1 "github.com/microvm-dev/sandbox-operator/api/v1alpha1"
+)
+
+// goalRatio is the issue's goal for apply→Running over a bare boot.
+const goalRatio = 1.15
+
+// resultPrefix starts the name of every entry this tool writes; a run
+// replaces those entries and keeps every other.
+const resultPrefix = "boot/"
+
+// entry is one element of results.json (bench/cmd/placebench writes the
+// same shape).
+type entry struct {
+	Name     string  `json:"name"`
+	Unit     string  `json:"unit"`
+	Median   float64 `json:"median"`
+	P99      float64 `json:"p99"`
+	Baseline float64 `json:"baseline"`
+	Ratio    float64 `json:"ratio"`
+	Command  string  `json:"command"`
+}
+
+// stat is a sample set's median and p99.
+type stat struct {
+	n           int
+	median, p99 float64
+	min, max    float64
+}
+
+// summarize returns the median (the mean of the two middle values for an
+// even count) and the nearest-rank p99 (the maximum for fewer than 100
+// samples).
+func summarize(v []float64) stat {
+	if len(v) == 0 {
+		return stat{}
+	}
+	s := slices.Clone(v)
+	slices.Sort(s)
+	n := len(s)
+	med := s[n/2]
+	if n%2 == 0 {
+		med = (s[n/2-1] + s[n/2]) / 2
+	}
+	i := max(0, min(int(math.Ceil(float64(n)*0.99))-1, n-1))
+	return stat{n: n, median: med, p99: s[i], min: s[0], max: s[n-1]}
+}
+
+func msOf(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
+
+func round(v float64, digits int) float64 {
+	p := math.Pow(10, float64(digits))
+	return math.Round(v*p) / p
+}
+
+func ratio(v, base float64) float64 {
+	if base == 0 {
+		return 0
+	}
+	return round(v/base, 3)
+}
+
+// stage is one field of status.timings.
+type stage struct {
+	name  string // entry name suffix
+	field string // JSON name in status.timings
+	get   func(sandboxv1alpha1.Timings) *int64
+}
+
+var stages = []stage{
+	{"scheduled", "scheduledMillis", func(t sandboxv1alpha1.Timings) *int64 { return t.ScheduledMillis }},
+	{"image-pulled", "imagePulledMillis", func(t sandboxv1alpha1.Timings) *int64 { return t.ImagePulledMillis }},
+	{"rootfs-ready", "rootfsReadyMillis", func(t sandboxv1alpha1.Timings) *int64 { return t.RootfsReadyMillis }},
+	{"vmm-started", "vmmStartedMillis", func(t sandboxv1alpha1.Timings) *int64 { return t.VMMStartedMillis }},
+	{"guest-ready", "guestReadyMillis", func(t sandboxv1alpha1.Timings) *int64 { return t.GuestReadyMillis }},
+}
+
+// report is what one run measured, summarised.
+type report struct {
+	b *bench
+
+	total, bareHello, bareStarted stat
+	bareDisk                      stat
+	pairRatio                     stat // operator / bare within each pair
+	// outside is apply→Running minus guestReadyMillis in each run: the
+	// operator's own time around the guest's boot, free of the boot's
+	// noise.
+	outside                  stat
+	stageStats               map[string]stat
+	stageSeen                map[string]int // runs that recorded the stage
+	other                    stat           // total − disjoint stages
+	placed, pulling, booting stat           // watch milestones
+	vmRunning                stat
+	opRSS, bareRSS           stat
+	opBeyond, bareBeyond     stat
+	opGuest, bareGuest       stat
+	opTCG, bareTCG           stat
+	guestRAMFound            bool
+	agentBefore, agentIdle   stat
+	agentGrowth              stat
+	deleted                  stat
+}
+
+func (b *bench) report() *report {
+	r := &report{b: b, stageStats: map[string]stat{}, stageSeen: map[string]int{}}
+	var total, placed, pulling, booting, vmRunning, other, opRSS, opBeyond, opGuest, opTCG,
+		agentBefore, agentIdle, agentGrowth, deleted []float64
+	stageVals := map[string][]float64{}
+	r.guestRAMFound = true
+	for _, o := range b.ops {
+		total = append(total, msOf(o.total))
+		for _, m := range []struct {
+			d   time.Duration
+			out *[]float64
+		}{{o.placed, &placed}, {o.pulling, &pulling}, {o.booting, &booting}, {o.vmRunning, &vmRunning}} {
+			if m.d > 0 {
+				*m.out = append(*m.out, msOf(m.d))
+			}
+		}
+		rest := msOf(o.total)
+		for _, s := range stages {
+			v := s.get(o.timings)
+			if v == nil {
+				continue
+			}
+			r.stageSeen[s.name]++
+			stageVals[s.name] = append(stageVals[s.name], float64(*v))
+			// vmmStarted is part of guestReady (both count from the
+			// moment before the VMM starts): only the disjoint stages are
+			// subtracted.
+			if s.name != "vmm-started" {
+				rest -= float64(*v)
+			}
+		}
+		other = append(other, rest)
+		opRSS = append(opRSS, o.mem.rssMiB)
+		opBeyond = append(opBeyond, o.mem.beyondGuestMiB())
+		opGuest = append(opGuest, o.mem.guestRAMMiB)
+		opTCG = append(opTCG, o.mem.tcgMiB)
+		r.guestRAMFound = r.guestRAMFound && o.mem.guestRAMFound
+		agentBefore = append(agentBefore, o.agentRSSBefore)
+		agentIdle = append(agentIdle, o.agentRSSIdle)
+		agentGrowth = append(agentGrowth, o.agentRSSIdle-o.agentRSSBefore)
+		deleted = append(deleted, msOf(o.deleted))
+	}
+	var disk []float64
+	var hello, started, bareRSS, bareBeyond, bareGuest, bareTCG []float64
+	for _, br := range b.bares {
+		hello = append(hello, msOf(br.hello))
+		started = append(started, msOf(br.started))
+		disk = append(disk, msOf(br.disk))
+		bareRSS = append(bareRSS, br.mem.rssMiB)
+		bareBeyond = append(bareBeyond, br.mem.beyondGuestMiB())
+		bareGuest = append(bareGuest, br.mem.guestRAMMiB)
+		bareTCG = append(bareTCG, br.mem.tcgMiB)
+		r.guestRAMFound = r.guestRAMFound && br.mem.guestRAMFound
+	}
+	r.total, r.bareHello, r.bareStarted, r.bareDisk = summarize(total), summarize(hello), summarize(started), summarize(disk)
+	for name, v := range stageVals {
+		r.stageStats[name] = summarize(v)
+	}
+	r.other = summarize(other)
+	r.placed, r.pulling, r.booting, r.vmRunning = summarize(placed), summarize(pulling), summarize(booting), summarize(vmRunning)
+	r.opRSS, r.bareRSS = summarize(opRSS), summarize(bareRSS)
+	r.opBeyond, r.bareBeyond = summarize(opBeyond), summarize(bareBeyond)
+	r.opGuest, r.bareGuest = summarize(opGuest), summarize(bareGuest)
+	r.opTCG, r.bareTCG = summarize(opTCG), summarize(bareTCG)
+	r.agentBefore, r.agentIdle, r.agentGrowth = summarize(agentBefore), summarize(agentIdle), summarize(agentGrowth)
+	r.deleted = summarize(deleted)
+	var pairs []float64
+	for _, p := range b.pairs {
+		if p.op.err == nil && p.bare.err == nil && p.bare.hello > 0 {
+			pairs = append(pairs, msOf(p.op.total)/msOf(p.bare.hello))
+		}
+	}
+	r.pairRatio = summarize(pairs)
+	var outside []float64
+	for _, o := range b.ops {
+		if g := o.timings.GuestReadyMillis; g != nil {
+			outside = append(outside, msOf(o.total)-float64(*g))
+		}
+	}
+	r.outside = summarize(outside)
+	return r
+}
+
+func (r *report) entries() []entry {
+	cmd := r.b.cfg.command
+	base := r.bareHello.median
+	ms := func(name string, s stat, baseline float64) entry {
+		return entry{Name: name, Unit: "ms", Median: round(s.median, 1), P99: round(s.p99, 1),
+			Baseline: round(baseline, 1), Ratio: ratio(s.median, baseline), Command: cmd}
+	}
+	mib := func(name string, s stat, baseline float64) entry {
+		return entry{Name: name, Unit: "MiB", Median: round(s.median, 1), P99: round(s.p99, 1),
+			Baseline: round(baseline, 1), Ratio: ratio(s.median, baseline), Command: cmd}
+	}
+	out := []entry{ms("boot/apply-to-running", r.total, base)}
+	for _, s := range stages {
+		if r.stageSeen[s.name] == 0 {
+			continue // not recorded by the agent: see the notes in results.md
+		}
+		baseline := base
+		switch {
+		case s.name == "vmm-started":
+			baseline = r.bareStarted.median
+		case s.name == "rootfs-ready" && r.b.cfg.bareUpper:
+			baseline = r.bareDisk.median
+		}
+		out = append(out, ms("boot/stage-"+s.name, r.stageStats[s.name], baseline))
+	}
+	out = append(out,
+		ms("boot/stage-other", r.other, base),
+		ms("boot/cold-first-run", summarize([]float64{msOf(r.b.warmup.total)}), base),
+		mib("boot/qemu-rss-idle", r.opRSS, r.bareRSS.median),
+	)
+	if r.guestRAMFound {
+		out = append(out, mib("boot/qemu-rss-beyond-guest-ram", r.opBeyond, r.bareBeyond.median))
+	}
+	out = append(out, mib("boot/agent-rss-one-sandbox", r.agentIdle, r.agentBefore.median))
+	return out
+}
+
+func (r *report) goalMet() bool { return ratio(r.total.median, r.bareHello.median) <= goalRatio }
+
+func yesNo(b bool) string {
+	if b {
+		return "met"
+	}
+	return "NOT met"
+}
+
+func (r *report) print() {
+	fmt.Println()
+	fmt.Println("== boot benchmark ==")
+	fmt.Printf("apply → Running: median %.0f ms, p99 %.0f ms (%d runs)\n", r.total.median, r.total.p99, r.total.n)
+	fmt.Printf("bare QEMU Start → Hello: median %.0f ms, p99 %.0f ms (%d runs)\n", r.bareHello.median, r.bareHello.p99, r.bareHello.n)
+	fmt.Printf("ratio %.3f (goal ≤ %.2f: %s); median of per-pair ratios %.3f; fastest/fastest %.3f\n",
+		ratio(r.total.median, r.bareHello.median), goalRatio, yesNo(r.goalMet()), r.pairRatio.median, ratio(r.total.min, r.bareHello.min))
+	fmt.Printf("stages (median ms): %s\n", r.stageLine())
+	fmt.Printf("apply→Running minus guestReadyMillis: median %.0f ms (1 + that / bare median = %.3f)\n",
+		r.outside.median, 1+r.outside.median/r.bareHello.median)
+	fmt.Printf("cold first run (image pull + ext4): %.0f ms\n", msOf(r.b.warmup.total))
+	fmt.Printf("idle QEMU VmRSS: sandbox %.1f MiB, bare %.1f MiB (guest RAM %d MiB; touched: sandbox %.1f, bare %.1f; TCG cache %.1f / %.1f)\n",
+		r.opRSS.median, r.bareRSS.median, r.b.cfg.memoryMiB, r.opGuest.median, r.bareGuest.median, r.opTCG.median, r.bareTCG.median)
+	fmt.Printf("node agent VmRSS: %.1f MiB before a Sandbox, %.1f MiB with one idle (growth median %.1f MiB)\n",
+		r.agentBefore.median, r.agentIdle.median, r.agentGrowth.median)
+	for _, f := range r.b.failures {
+		fmt.Println("failed: " + f)
+	}
+	fmt.Println()
+}
+
+func (r *report) stageLine() string {
+	var parts []string
+	for _, s := range stages {
+		if r.stageSeen[s.name] == 0 {
+			parts = append(parts, s.field+" not recorded")
+			continue
+		}
+		parts = append(parts, fmt.Sprintf("%s %.0f", s.field, r.stageStats[s.name].median))
+	}
+	parts = append(parts, fmt.Sprintf("other %.0f", r.other.median))
+	return strings.Join(parts, ", ")
+}
+
+// write merges the boot entries into results.json (others are kept, the
+// boot entries replace earlier ones in place) and rewrites results.md's
+// table and its boot section.
+func (r *report) write(dir string) error {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	jsonPath := filepath.Join(dir, "results.json")
+	var existing []json.RawMessage
+	if b, err := os.ReadFile(jsonPath); err == nil {
+		if err := json.Unmarshal(b, &existing); err != nil {
+			return fmt.Errorf("%s is not a JSON list: %w", jsonPath, err)
+		}
+	} else if !errors.Is(err, fs.ErrNotExist) {
+		return err
+	}
+	var merged []json.RawMessage
+	inserted := false
+	mine := func() error {
+		for _, e := range r.entries() {
+			b, err := json.Marshal(e)
+			if err != nil {
+				return err
+			}
+			merged = append(merged, b)
+		}
+		inserted = true
+		return nil
+	}
+	for _, raw := range existing {
+		var head struct {
+			Name string `json:"name"`
+		}
+		_ = json.Unmarshal(raw, &head)
+		if strings.HasPrefix(head.Name, resultPrefix) {
+			if !inserted {
+				if err := mine(); err != nil {
+					return err
+				}
+			}
+			continue
+		}
+		merged = append(merged, raw)
+	}
+	if !inserted {
+		if err := mine(); err != nil {
+			return err
+		}
+	}
+	out, err := json.MarshalIndent(merged, "", "  ")
+	if err != nil {
+		return err
+	}
+	if err := os.WriteFile(jsonPath, append(out, '\n'), 0o644); err != nil {
+		return err
+	}
+
+	var all []map[string]any
+	if err := json.Unmarshal(out, &all); err != nil {
+		return err
+	}
+	mdPath := filepath.Join(dir, "results.md")
+	old, err := os.ReadFile(mdPath)
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return err
+	}
+	md := string(old)
+	if !strings.Contains(md, tableBegin) || !strings.Contains(md, tableEnd) {
+		md = "# Benchmark results\n\nWritten by `make bench`; " +
+			"`ratio` is median / baseline (lower is better for every entry here).\n\n" +
+			tableBegin + "\n" + tableEnd + "\n"
+	}
+	md = replaceSection(md, tableBegin, tableEnd, table(all))
+	md = replaceSection(md, bootBegin, bootEnd, r.markdown())
+	return os.WriteFile(mdPath, []byte(md), 0o644)
+}
+
+// The markers are shared with bench/cmd/placebench (the table) or this
+// tool's own (its section).
+const (
+	tableBegin = "<!-- results-table:begin -->"
+	tableEnd   = "<!-- results-table:end -->"
+	bootBegin  = "<!-- boot:begin -->"
+	bootEnd    = "<!-- boot:end -->"
+)
+
+// replaceSection replaces what lies between begin and end, appending the
+// section when it is missing.
+func replaceSection(doc, begin, end, body string) string {
+	i, j := strings.Index(doc, begin), strings.Index(doc, end)
+	if i < 0 || j < i {
+		if !strings.HasSuffix(doc, "\n") {
+			doc += "\n"
+		}
+		return doc + "\n" + begin + "\n" + body + end + "\n"
+	}
+	return doc[:i+len(begin)] + "\n" + body + doc[j:]
+}
+
+// table is the results table, in placebench's format.
+func table(all []map[string]any) string {
+	var b bytes.Buffer
+	b.WriteString("| name | unit | median | p99 | baseline | ratio | command |\n")
+	b.WriteString("|---|---|---:|---:|---:|---:|---|\n")
+	for _, e := range all {
+		fmt.Fprintf(&b, "| %v | %v | %v | %v | %v | %v | `%v` |\n",
+			e["name"], e["unit"], e["median"], e["p99"], e["baseline"], e["ratio"], e["command"])
+	}
+	return b.String()
+}
