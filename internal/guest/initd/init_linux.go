@@ -28,8 +28,9 @@ func Main() {
 	logf := func(format string, args ...any) {
 		fmt.Fprintf(os.Stderr, "sandbox-init: "+format+"\n", args...)
 	}
-	err := run(boot, logf)
+	s, err := run(boot, logf)
 	if errors.Is(err, ErrShutdown) {
+		stopProcesses(s, time.Duration(s.Shutdown.GraceMillis)*time.Millisecond, logf)
 		logf("powering off")
 	} else {
 		logf("fatal: %v; powering off", err)
@@ -37,29 +38,47 @@ func Main() {
 	powerOff(logf)
 }
 
-func run(boot int64, logf func(string, ...any)) error {
+// stopProcesses ends the sandbox's processes for a shutdown: SIGTERM to all
+// of them, up to grace for the main process to end, then SIGKILL to what
+// is left, so that the filesystems are synced with nothing writing.
+func stopProcesses(s *Session, grace time.Duration, logf func(string, ...any)) {
+	// kill(-1) signals every process but PID 1 (this one).
+	_ = unix.Kill(-1, unix.SIGTERM)
+	deadline := time.Now().Add(grace)
+	for s.MainRunning() && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+	}
+	if s.MainRunning() {
+		logf("the main process outlived the %v grace period; killing everything", grace)
+	}
+	_ = unix.Kill(-1, unix.SIGKILL)
+	// Let the kernel tear the killed processes down before the sync.
+	time.Sleep(20 * time.Millisecond)
+}
+
+func run(boot int64, logf func(string, ...any)) (*Session, error) {
 	if err := mountBasics(); err != nil {
-		return err
+		return nil, err
 	}
 	t0 := time.Now()
 	n, err := loadModules(initramfs.ModulesLoadPath)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	logf("loaded %d modules in %v", n, time.Since(t0).Round(time.Millisecond))
 
 	cmdline, err := os.ReadFile("/proc/cmdline")
 	if err != nil {
-		return err
+		return nil, err
 	}
 	params := ParseCmdline(string(cmdline))
 	name := params[PortParam]
 	if name == "" {
-		return fmt.Errorf("no %s= on the kernel command line", PortParam)
+		return nil, fmt.Errorf("no %s= on the kernel command line", PortParam)
 	}
 	rootCfg, err := ParseRootConfig(params)
 	if err != nil {
-		return err
+		return nil, err
 	}
 
 	// The workload's root is assembled while the host is greeted; a Start
@@ -73,7 +92,7 @@ func run(boot int64, logf func(string, ...any)) error {
 
 	port, err := openPort(name, portWait)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	logf("agent port %s is %s", name, port.Name())
 	defer func() { _ = port.Close() }()
@@ -84,7 +103,7 @@ func run(boot int64, logf func(string, ...any)) error {
 		RunMain: func(st protocol.Start) (MainProcess, error) {
 			return startMain(root, lowerMnt, RootMnt, st, logf)
 		}}
-	return s.Serve()
+	return s, s.Serve()
 }
 
 // bootNanos reads CLOCK_BOOTTIME: the guest's time since the kernel started.

@@ -238,8 +238,6 @@ func TestSessionRefusesAStartItCannotRun(t *testing.T) {
 		want    string
 	}{
 		{name: "an agent without RunMain", start: protocol.Start{Argv: []string{"x"}}, want: "cannot start"},
-		{name: "an empty argv without an init", runMain: func(protocol.Start) (MainProcess, error) { return MainProcess{}, nil },
-			want: "empty argv"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			g := NewWithT(t)
@@ -249,6 +247,25 @@ func TestSessionRefusesAStartItCannotRun(t *testing.T) {
 			e := decodeAs[protocol.Error](g, nextFrame(t, host, 5*time.Second), protocol.TypeError)
 			g.Expect(e.Message).To(ContainSubstring(tc.want))
 		})
+	}
+}
+
+// TestSessionConfiguresWithoutAMainProcess: a Start without a program
+// configures the sandbox (RunMain runs) and reports no exit: the VM idles,
+// heartbeating, until the host stops it.
+func TestSessionConfiguresWithoutAMainProcess(t *testing.T) {
+	g := NewWithT(t)
+	configured := make(chan protocol.Start, 1)
+	host, _, _ := startSession(t, func(st protocol.Start) (MainProcess, error) {
+		configured <- st
+		return MainProcess{}, nil
+	})
+	handshake(t, g, host)
+	send(t, host, 0, protocol.TypeStart, protocol.Start{Hostname: "idle"})
+	g.Eventually(configured).Should(Receive(HaveField("Hostname", "idle")))
+	// Only heartbeats follow: no Error, no Exit.
+	for range 2 {
+		g.Expect(readAnyFrame(t, host, 5*time.Second).Type).To(Equal(protocol.TypeHeartbeat))
 	}
 }
 

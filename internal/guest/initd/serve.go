@@ -28,8 +28,17 @@ var errStale = errors.New("initd: frame for an earlier connection dropped")
 type MainProcess struct {
 	// PID is its process id in the guest.
 	PID int
-	// Wait waits for its end and reports it.
+	// Wait waits for its end and reports it; nil when the Start had no
+	// program (the sandbox was only configured).
 	Wait func() protocol.Exit
+}
+
+// MainRunning reports whether a main process was started and has not
+// ended yet.
+func (s *Session) MainRunning() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.main != nil && s.main.PID != 0 && s.main.Exit == nil
 }
 
 // Session is sandbox-init's side of the conversation with the node agent
@@ -306,8 +315,6 @@ func (s *Session) handleStart(f protocol.Frame) {
 		refusal = "the main process is already started"
 	case s.RunMain == nil:
 		refusal = "this agent cannot start a main process"
-	case len(st.Argv) == 0 && st.Init == nil:
-		refusal = "start: empty argv"
 	}
 	if refusal != "" {
 		s.sendLocked(f.Stream, protocol.TypeError, protocol.Error{Message: refusal})
@@ -331,10 +338,16 @@ const startFailedCode = 127
 // A host may so see an exit twice, never zero times; it deduplicates.
 func (s *Session) runMain(st protocol.Start) {
 	name := "the init"
-	if st.Init == nil {
+	if st.Init == nil && len(st.Argv) > 0 {
 		name = fmt.Sprintf("the main process %q", st.Argv[0])
 	}
 	proc, err := s.RunMain(st)
+	if err == nil && proc.Wait == nil {
+		// A Start without a program configures the sandbox only: the VM
+		// idles (serving exec sessions) until the host stops it.
+		s.Logf("configured the sandbox; no main process to run")
+		return
+	}
 	var exit protocol.Exit
 	var failure string
 	if err != nil {

@@ -60,6 +60,9 @@ func startMain(ready func() error, lower, root string, st protocol.Start, logf f
 	if err := ApplyPatches(lower, root, st.Patches); err != nil {
 		return MainProcess{}, err
 	}
+	if len(st.Argv) == 0 && st.Init == nil {
+		return MainProcess{}, nil // configured; nothing to run
+	}
 	spec, err := mainSpec(root, st)
 	if err != nil {
 		return MainProcess{}, err
