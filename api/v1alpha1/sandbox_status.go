@@ -280,16 +280,19 @@ type Timings struct {
 	// restart) to its placement. Written by the manager.
 	// +optional
 	ScheduledMillis *int64 `json:"scheduledMillis,omitempty"`
-	// imagePulledMillis is the image pull (0 when cached).
+	// imagePulledMillis is resolving and pulling the image and flattening
+	// it into its cached root disk (about 0 when the node has it cached).
 	// +optional
 	ImagePulledMillis *int64 `json:"imagePulledMillis,omitempty"`
-	// rootfsReadyMillis is building the root filesystem and writable disk.
+	// rootfsReadyMillis is resolving the guest configuration and creating
+	// the writable disks (the root layer and emptyDir volumes).
 	// +optional
 	RootfsReadyMillis *int64 `json:"rootfsReadyMillis,omitempty"`
 	// vmmStartedMillis is starting the VMM process.
 	// +optional
 	VMMStartedMillis *int64 `json:"vmmStartedMillis,omitempty"`
-	// guestReadyMillis is from VMM start to the guest agent's first answer.
+	// guestReadyMillis is from the VMM's start (so it includes
+	// vmmStartedMillis) to the guest agent's first answer: the boot.
 	// +optional
 	GuestReadyMillis *int64 `json:"guestReadyMillis,omitempty"`
 }

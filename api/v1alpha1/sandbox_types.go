@@ -479,7 +479,9 @@ const (
 	PatchMkdir PatchType = "Mkdir"
 	// PatchRemove removes a file or a directory tree.
 	PatchRemove PatchType = "Remove"
-	// PatchAppend appends text to a file, creating it if needed.
+	// PatchAppend appends text to a file, creating it if needed. Patches
+	// are applied at every start: with a Disk writable layer, which keeps
+	// its contents across stop and start, the text is appended again.
 	PatchAppend PatchType = "Append"
 )
 
@@ -494,7 +496,10 @@ const (
 // +kubebuilder:validation:XValidation:rule="!has(self.replace) || self.type in ['Text', 'File', 'Symlink']",message="replace applies only to Text, File and Symlink patches",fieldPath=.replace
 // +kubebuilder:validation:XValidation:rule="self.path != '/'",message="must not be the root directory",fieldPath=.path
 type Patch struct {
-	// type is the kind of edit.
+	// type is the kind of edit: Text, File, Symlink, Mkdir, Remove or
+	// Append. Patches are applied at every start of the VM, in order; with a
+	// Disk writable layer (which keeps its contents across stop and start)
+	// an Append patch appends its text again.
 	// +required
 	Type PatchType `json:"type"`
 

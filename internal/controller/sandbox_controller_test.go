@@ -424,7 +424,37 @@ var _ = Describe("Sandbox manager", func() {
 			s := newSandbox(ns, "flaky", func(s *sandboxv1alpha1.Sandbox) { s.Spec.RestartPolicy = sandboxv1alpha1.RestartOnFailure })
 			Expect(k8sClient.Create(ctx, s)).To(Succeed())
 			expectPlaced(ctx, s)
-			agentReports(ctx, s, sandboxv1alpha1.VMExited, exited(sandboxv1alpha1.TerminationFailed, 1))
+			// Watch from here: the end of run 1 must be published (phase
+			// Stopped) before run 2 starts, however short the backoff.
+			wc, err := client.NewWithWatch(cfg, client.Options{Scheme: k8sClient.Scheme()})
+			Expect(err).NotTo(HaveOccurred())
+			w, err := wc.Watch(ctx, &sandboxv1alpha1.SandboxList{}, client.InNamespace(ns), client.MatchingFields{"metadata.name": s.Name})
+			Expect(err).NotTo(HaveOccurred())
+			defer w.Stop()
+			// Exited 2 s ago (an agent reports whole seconds): the backoff
+			// is already over when the manager records the end.
+			agentReports(ctx, s, sandboxv1alpha1.VMExited, func(vm *sandboxv1alpha1ac.VMStatusApplyConfiguration) {
+				vm.WithExitReason(sandboxv1alpha1.TerminationFailed).WithExitCode(1).WithExitedAt(metav1.NewTime(time.Now().Add(-2 * time.Second)))
+			})
+			sawStopped := false
+			Eventually(func() int32 {
+				for {
+					select {
+					case ev := <-w.ResultChan():
+						if got, ok := ev.Object.(*sandboxv1alpha1.Sandbox); ok {
+							if got.Status.Run == 1 && got.Status.Phase == sandboxv1alpha1.PhaseStopped {
+								sawStopped = true
+							}
+							if got.Status.Run == 2 {
+								return 2
+							}
+						}
+					default:
+						return 1
+					}
+				}
+			}).Should(Equal(int32(2)))
+			Expect(sawStopped).To(BeTrue(), "run 1's end (Stopped, Failed) was published before run 2")
 			Eventually(func(g Gomega) {
 				got := get(ctx, s)(g)
 				g.Expect(got.Status.Run).To(Equal(int32(2)))

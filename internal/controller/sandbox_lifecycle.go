@@ -30,7 +30,11 @@ type scope struct {
 	deleted bool
 	// retryStale: the status write hit a conflict (a stale read); requeue.
 	retryStale bool
-	events     []pendingEvent
+	// endedNow: this pass recorded the run's verdict. A restart then waits
+	// for the next pass, so that the end (Stopped, Crashed) is written and
+	// watchers see it, however short the backoff.
+	endedNow bool
+	events   []pendingEvent
 }
 
 type pendingEvent struct {
@@ -54,6 +58,7 @@ func (s *scope) endRun(reason sandboxv1alpha1.TerminationReason, exitCode *int32
 	s.st.TerminationReason = reason
 	s.st.ExitCode = exitCode
 	s.st.StoppedAt = &metav1.Time{Time: at}
+	s.endedNow = true
 }
 
 // observeRun turns the node agent's observation of the current run into the
@@ -160,6 +165,16 @@ func (r *SandboxReconciler) restartOrStart(_ context.Context, s *scope) (ctrl.Re
 	if !userStart && !restart {
 		return ctrl.Result{}, nil
 	}
+	if restart && s.endedNow {
+		// Publish the end first; restart in the next pass.
+		due := s.now.Add(endPublishDelay)
+		if reason != sandboxv1alpha1.TerminationNodeLost {
+			due = maxTime(due, s.st.StoppedAt.Add(r.backoff(s.st.RestartCount)))
+		}
+		setCondition(s.st, sandboxv1alpha1.ConditionScheduled, metav1.ConditionFalse, sandboxv1alpha1.ReasonRestartBackoff,
+			fmt.Sprintf("Restarting after %s at %s (restart %d)", reason, due.UTC().Format(time.RFC3339), s.st.RestartCount+1), s.now)
+		return ctrl.Result{RequeueAfter: due.Sub(s.now)}, nil
+	}
 	if restart && reason != sandboxv1alpha1.TerminationNodeLost {
 		due := s.st.StoppedAt.Add(r.backoff(s.st.RestartCount))
 		if s.now.Before(due) {
@@ -184,6 +199,17 @@ func (r *SandboxReconciler) restartOrStart(_ context.Context, s *scope) (ctrl.Re
 	s.st.TerminationReason = ""
 	s.st.StopRequest = nil
 	return ctrl.Result{}, nil
+}
+
+// endPublishDelay is the least time between recording a run's end and
+// starting the next run.
+const endPublishDelay = 50 * time.Millisecond
+
+func maxTime(a, b time.Time) time.Time {
+	if a.After(b) {
+		return a
+	}
+	return b
 }
 
 func restartWanted(p sandboxv1alpha1.RestartPolicy, reason sandboxv1alpha1.TerminationReason) bool {

@@ -191,6 +191,11 @@ func New(opts ...Option) (*Agent, error) {
 			cancel()
 			return nil, fmt.Errorf("failed to set up the Sandbox reconciler: %w", err)
 		}
+		// Directories of Sandboxes that left while the agent was down.
+		if err := mgr.Add(sr.sweeper(mgr.GetCache())); err != nil {
+			cancel()
+			return nil, err
+		}
 		// The VM watchers stop with the manager.
 		if err := mgr.Add(manager.RunnableFunc(func(mctx context.Context) error {
 			<-mctx.Done()

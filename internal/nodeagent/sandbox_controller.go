@@ -142,16 +142,6 @@ func (r *SandboxReconciler) SetupWithManager(mgr ctrl.Manager) error {
 // Wait blocks until every VM watcher has returned (after ctx ended).
 func (r *SandboxReconciler) Wait() { r.wg.Wait() }
 
-func (r *SandboxReconciler) forget(key types.NamespacedName) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	for uid, st := range r.sandboxes {
-		if st.key == key {
-			delete(r.sandboxes, uid)
-		}
-	}
-}
-
 // state returns the record of sbx's current run, seeding a new one from
 // the status (what an earlier pass or agent reported).
 func (r *SandboxReconciler) state(sbx *sandboxv1alpha1.Sandbox) *sandboxState {
@@ -199,12 +189,16 @@ func (r *SandboxReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ct
 	sbx := &sandboxv1alpha1.Sandbox{}
 	if err := r.client.Get(ctx, req.NamespacedName, sbx); err != nil {
 		if apierrors.IsNotFound(err) {
-			r.forget(req.NamespacedName)
+			r.release(ctx, req.NamespacedName)
 			return ctrl.Result{}, nil
 		}
 		return ctrl.Result{}, err
 	}
-	if sbx.Status.NodeName != r.args.NodeName || sbx.Status.Run == 0 {
+	if sbx.Status.NodeName != r.args.NodeName {
+		r.release(ctx, req.NamespacedName)
+		return ctrl.Result{}, nil
+	}
+	if sbx.Status.Run == 0 {
 		return ctrl.Result{}, nil
 	}
 	log := ctrl.LoggerFrom(ctx).WithValues("Sandbox", klog.KObj(sbx), "run", sbx.Status.Run)
@@ -547,9 +541,10 @@ func (r *SandboxReconciler) adopt(ctx context.Context, sbx *sandboxv1alpha1.Sand
 	}
 	if err != nil {
 		vmStatus := st.report.VM
+		wasDraining := vmStatus.State == sandboxv1alpha1.VMDraining
 		vmStatus.State = sandboxv1alpha1.VMExited
 		vmStatus.ExitedAt = ptr.To(metaTime(time.Now()))
-		if vmStatus.State == sandboxv1alpha1.VMDraining {
+		if wasDraining {
 			vmStatus.ExitReason = stopReason(sbx)
 		} else {
 			vmStatus.ExitReason = sandboxv1alpha1.TerminationInternalError

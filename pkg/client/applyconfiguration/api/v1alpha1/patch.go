@@ -29,7 +29,10 @@ import (
 // Patch). Host paths (microsandbox's CopyFile and CopyDir) are not
 // available: file content comes inline or from a ConfigMap or Secret.
 type PatchApplyConfiguration struct {
-	// type is the kind of edit.
+	// type is the kind of edit: Text, File, Symlink, Mkdir, Remove or
+	// Append. Patches are applied at every start of the VM, in order; with a
+	// Disk writable layer (which keeps its contents across stop and start)
+	// an Append patch appends its text again.
 	Type *apiv1alpha1.PatchType `json:"type,omitempty"`
 	// path is the absolute path in the guest that the patch creates,
 	// removes or appends to.

@@ -26,13 +26,16 @@ type TimingsApplyConfiguration struct {
 	// scheduledMillis is from the run's request (creation, start or
 	// restart) to its placement. Written by the manager.
 	ScheduledMillis *int64 `json:"scheduledMillis,omitempty"`
-	// imagePulledMillis is the image pull (0 when cached).
+	// imagePulledMillis is resolving and pulling the image and flattening
+	// it into its cached root disk (about 0 when the node has it cached).
 	ImagePulledMillis *int64 `json:"imagePulledMillis,omitempty"`
-	// rootfsReadyMillis is building the root filesystem and writable disk.
+	// rootfsReadyMillis is resolving the guest configuration and creating
+	// the writable disks (the root layer and emptyDir volumes).
 	RootfsReadyMillis *int64 `json:"rootfsReadyMillis,omitempty"`
 	// vmmStartedMillis is starting the VMM process.
 	VMMStartedMillis *int64 `json:"vmmStartedMillis,omitempty"`
-	// guestReadyMillis is from VMM start to the guest agent's first answer.
+	// guestReadyMillis is from the VMM's start (so it includes
+	// vmmStartedMillis) to the guest agent's first answer: the boot.
 	GuestReadyMillis *int64 `json:"guestReadyMillis,omitempty"`
 }
 
