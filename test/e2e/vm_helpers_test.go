@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"sort"
 	"strconv"
@@ -20,6 +21,7 @@ import (
 	. "github.com/onsi/gomega"
 	"k8s.io/apimachinery/pkg/api/meta"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/util/uuid"
 	"k8s.io/client-go/tools/cache"
 
 	sandboxv1alpha1 "github.com/microvm-dev/sandbox-operator/api/v1alpha1"
@@ -340,4 +342,84 @@ func dirListing(dir string) string {
 		names = append(names, e.Name())
 	}
 	return strings.Join(names, " ")
+}
+
+// leftoverRun is a run directory the test makes under an agent's state
+// directory for a Sandbox that does not exist: what a Sandbox that left the
+// node while its agent was down leaves behind. When it has a stand-in VM,
+// that is a `sleep` the test started, recorded in process.json as the
+// agent records a VMM (pid and start time).
+type leftoverRun struct {
+	dir string
+	// vm is the stand-in VM (nil for a run that has none).
+	vm *exec.Cmd
+	// exited is closed once vm has exited and was reaped.
+	exited chan struct{}
+}
+
+// makeLeftoverRun creates <stateDir>/vms/<a new uid>/. With a journal, the
+// journal names Sandbox namespace/name with that uid (run 1), and a stand-in
+// VM runs; without, the directory (and a disk file in it) is made age old,
+// as one of a start that never got its VM going.
+func makeLeftoverRun(stateDir, namespace, name string, withJournal bool, age time.Duration) *leftoverRun {
+	GinkgoHelper()
+	uid := uuid.NewUUID()
+	l := &leftoverRun{dir: filepath.Join(stateDir, "vms", string(uid))}
+	Expect(os.MkdirAll(l.dir, 0o700)).To(Succeed())
+	Expect(os.WriteFile(filepath.Join(l.dir, "upper.ext4"), []byte("not a disk"), 0o600)).To(Succeed())
+	if withJournal {
+		l.vm = exec.Command("sleep", "600")
+		Expect(l.vm.Start()).To(Succeed())
+		l.exited = make(chan struct{})
+		go func() {
+			_ = l.vm.Wait()
+			close(l.exited)
+		}()
+		pid := l.vm.Process.Pid
+		start, err := vmm.ProcessStartTime("/proc", pid)
+		Expect(err).NotTo(HaveOccurred())
+		Expect(vmm.WriteProcess(filepath.Join(l.dir, vmm.ProcessFile), vmm.Process{PID: pid, StartTime: start})).To(Succeed())
+		journal := fmt.Sprintf(`{"namespace":%q,"name":%q,"uid":%q,"run":1,"started":%q,"accelerator":"tcg","graceSeconds":30}`,
+			namespace, name, uid, time.Now().UTC().Format(time.RFC3339))
+		Expect(os.WriteFile(filepath.Join(l.dir, "journal.json"), []byte(journal), 0o600)).To(Succeed())
+	}
+	if age > 0 {
+		old := time.Now().Add(-age)
+		Expect(os.Chtimes(l.dir, old, old)).To(Succeed())
+	}
+	return l
+}
+
+// pid is the stand-in VM's pid (0 if none).
+func (l *leftoverRun) pid() int {
+	if l.vm == nil {
+		return 0
+	}
+	return l.vm.Process.Pid
+}
+
+// killedBySIGKILL reports whether the stand-in VM has exited on SIGKILL.
+func (l *leftoverRun) killedBySIGKILL() bool {
+	select {
+	case <-l.exited:
+	default:
+		return false
+	}
+	ws, ok := l.vm.ProcessState.Sys().(syscall.WaitStatus)
+	return ok && ws.Signaled() && ws.Signal() == syscall.SIGKILL
+}
+
+// cleanup kills the stand-in VM if it still runs and removes the directory
+// (what the agent should have done), so that a failure here does not show
+// up again in the later specs.
+func (l *leftoverRun) cleanup() {
+	if l.vm != nil {
+		select {
+		case <-l.exited:
+		default:
+			_ = l.vm.Process.Kill()
+			<-l.exited
+		}
+	}
+	_ = os.RemoveAll(l.dir)
 }

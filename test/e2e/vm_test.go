@@ -65,6 +65,11 @@ type NodeAgentVMSpecInput struct {
 	// crashed run is due in the very pass that records the crash, and no
 	// client ever sees phase Crashed.
 	RestartBackoff time.Duration
+	// LeaveDeadline bounds how long the run directory of a Sandbox that
+	// left a node (moved to another, or gone while the node's agent was
+	// down) may stay on it: the agent removes it when its cache loses the
+	// Sandbox, or at start.
+	LeaveDeadline time.Duration
 	// StopGraceSeconds is the probe's stopPolicy.gracePeriodSeconds: the
 	// agent kills a VM whose guest has not shut down after it (+5 s), so a
 	// stop well within it went through the guest.
@@ -77,6 +82,7 @@ var _ = NodeAgentVMSpec(NodeAgentVMSpecInput{
 	BootTimeout:      90 * time.Second,
 	CrashDeadline:    2 * time.Second, // the issue's "within 2 s"
 	RestartBackoff:   2 * time.Second,
+	LeaveDeadline:    10 * time.Second,
 	StopGraceSeconds: 30,
 })
 
@@ -88,12 +94,15 @@ var _ = NodeAgentVMSpec(NodeAgentVMSpecInput{
 //	agents registered → probe (its entrypoint reports its configuration)
 //	and crasher Running on different nodes → crasher's QEMU killed: Crashed,
 //	then restarted → probe's agent killed and restarted: the VM is
-//	re-adopted → probe stopped through its guest → fails exits 3 →
-//	deletions leave nothing behind → no request was refused under
-//	config/rbac.
+//	re-adopted, and run directories left by Sandboxes that are not on the
+//	node any more are swept → probe stopped through its guest → probe moved
+//	to the other node for run 2: nothing of run 1 stays on the old node →
+//	fails exits 3 → deletions leave nothing behind → no request was
+//	refused under config/rbac.
 //
-// The boots are few (probe, crasher twice, fails): each costs seconds of
-// emulation on a 2-core machine.
+// The boots are few (probe twice, crasher twice, fails): each costs
+// seconds of emulation on a 2-core machine. The leftovers the restarted
+// agent sweeps are made by the test (a stand-in VM is a sleep), not booted.
 //
 // ContinueOnFailure: a spec that fails (say, one guest feature missing)
 // does not hide the outcome of the later ones; those that depend on what
@@ -110,7 +119,7 @@ func nodeAgentVMSpecs(input NodeAgentVMSpecInput) {
 	vmNamespace, nodeNames := input.Namespace, input.Nodes
 	probeGraceSeconds := input.StopGraceSeconds
 	const (
-		probe       = "probe"   // reports its configuration; outlives an agent restart; stopped
+		probe       = "probe"   // reports its configuration; outlives an agent restart; stopped; moved
 		crasher     = "crasher" // its QEMU is killed; restartPolicy OnFailure; deleted while running
 		fails       = "fails"   // exits 3
 		tokenSecret = "e2e-token"
@@ -609,6 +618,16 @@ func nodeAgentVMSpecs(input NodeAgentVMSpecInput) {
 			g.Expect(s.Status.Phase).To(Equal(sandboxv1alpha1.PhaseRunning))
 		}, 3*time.Second).Should(Succeed())
 
+		By("leaving, while the agent is down, two run directories of Sandboxes that are not on " + probeNode + ": " +
+			"one whose journal names a Sandbox that does not exist, with a live stand-in VM (sleep) in its process.json, " +
+			"and one without a journal, two minutes old")
+		gone := makeLeftoverRun(a.stateDir, vmNamespace, "gone", true, 0)
+		DeferCleanup(gone.cleanup)
+		noJournal := makeLeftoverRun(a.stateDir, vmNamespace, "", false, 2*time.Minute)
+		DeferCleanup(noJournal.cleanup)
+		probeDir := a.runDir(cur.UID)
+		probeFiles := dirListing(probeDir)
+
 		By("restarting the agent with the same flags")
 		restartedAt := time.Now()
 		a.start()
@@ -617,6 +636,19 @@ func nodeAgentVMSpecs(input NodeAgentVMSpecInput) {
 			return a.logContains("Re-adopted the VM of an earlier agent process", fmt.Sprintf(`"pid": %d`, pid))
 		}).WithTimeout(30*time.Second).Should(BeTrue(), "the restarted agent did not re-adopt pid %d; log:\n%s", pid, a.logTail(40))
 		timing("probe: agent restart → VM re-adopted (agent log)", time.Since(restartedAt))
+
+		By("seeing the restarted agent kill the stand-in VM and remove both leftover directories")
+		Eventually(func(g Gomega) {
+			g.Expect(gone.killedBySIGKILL()).To(BeTrue(), "the stand-in VM (pid %d) was not killed", gone.pid())
+			g.Expect(gone.dir).NotTo(BeADirectory())
+			g.Expect(noJournal.dir).NotTo(BeADirectory())
+		}).WithTimeout(input.LeaveDeadline).WithPolling(50*time.Millisecond).Should(Succeed(),
+			func() string { return "the agent's log:\n" + a.logTail(40) })
+		timing("agent restart → leftover runs swept (stand-in VM killed)", time.Since(restartedAt))
+		Expect(a.logContains("Killing the VM of a Sandbox that left this node", fmt.Sprintf(`"pid": %d`, gone.pid()))).To(BeTrue(),
+			"the agent's log should say why it killed pid %d", gone.pid())
+		Expect(vmDirs(a.stateDir)).To(Equal([]string{string(cur.UID)}), "only probe's run directory stays on %s", probeNode)
+		Expect(dirListing(probeDir)).To(Equal(probeFiles), "probe's run directory is left as it was")
 
 		By("keeping the same VM Running in the same run")
 		Consistently(func(g Gomega) {
@@ -689,6 +721,66 @@ func nodeAgentVMSpecs(input NodeAgentVMSpecInput) {
 		Eventually(func() bool { return processAlive(pid) }).Should(BeFalse(), "QEMU %d is gone", pid)
 	})
 
+	It("moves a stopped Sandbox to the other node for its next run, leaving nothing of the last run on the old node", func() {
+		from, to := agentsOn[probeNode], agentsOn[otherNode]
+		cur := getVMSandbox(Default, probe)
+		Expect(cur.Status.Phase).To(Equal(sandboxv1alpha1.PhaseStopped))
+		Expect(cur.Status.NodeName).To(Equal(from.node))
+		run, oldPID := cur.Status.Run, cur.Status.VM.PID
+		oldDir := from.runDir(cur.UID)
+		Expect(filepath.Join(oldDir, "journal.json")).To(BeAnExistingFile(), "run %d's directory on %s holds %s", run, from.node, dirListing(oldDir))
+
+		By("watching " + from.node + "'s run directories every 20 ms from now on")
+		pollCtx, stopPoll := context.WithCancel(ctx)
+		defer stopPoll()
+		removed := make(chan time.Time, 1)
+		go func() {
+			t := time.NewTicker(20 * time.Millisecond)
+			defer t.Stop()
+			for {
+				select {
+				case <-pollCtx.Done():
+					return
+				case <-t.C:
+					if len(vmDirs(from.stateDir)) == 0 {
+						removed <- time.Now()
+						return
+					}
+				}
+			}
+		}()
+
+		By("pinning probe to " + to.node + " and setting spec.state back to Running with kubectl patch")
+		patchedAt := time.Now()
+		mustKubectl("patch", "sbx", probe, "-n", vmNamespace, "--type=merge", "-p",
+			fmt.Sprintf(`{"spec":{"state":"Running","nodeSelector":{%q:%q}}}`, hostnameLabel, to.node))
+		running := watch.waitFor(probe, patchedAt, input.BootTimeout, fmt.Sprintf("Running in run %d", run+1), func(s *sandboxv1alpha1.Sandbox) bool {
+			return s.Status.Run == run+1 && s.Status.Phase == sandboxv1alpha1.PhaseRunning
+		})
+		timing("probe: moved to the other node → Running (run 2)", running.at.Sub(patchedAt))
+		s := running.sandbox
+		Expect(s.Status.NodeName).To(Equal(to.node))
+		Expect(s.Status.VM.PID).NotTo(Equal(oldPID))
+		Expect(isQEMU(int(s.Status.VM.PID))).To(BeTrue(), "status.vm.pid %d is not a live QEMU", s.Status.VM.PID)
+		newDir := to.runDir(s.UID)
+		Expect(filepath.Join(newDir, "journal.json")).To(BeAnExistingFile(), "the new run's journal on %s", to.node)
+		Eventually(func() bool {
+			_, ok := markerFields(to.console(s.UID), "E2E")
+			return ok
+		}).WithTimeout(30*time.Second).Should(BeTrue(), func() string { return "run 2's console on " + to.node + ":\n" + to.console(s.UID) })
+
+		By("seeing " + from.node + "'s agent remove run 1's directory (disks, journal, console) once probe left its node")
+		var removedAt time.Time
+		Eventually(removed).WithTimeout(input.LeaveDeadline).Should(Receive(&removedAt),
+			func() string {
+				return fmt.Sprintf("run directories left on %s after probe moved to %s: %v (probe's holds %s)",
+					from.node, to.node, vmDirs(from.stateDir), dirListing(oldDir))
+			})
+		timing("probe: moved → run 1's directory removed from the old node", removedAt.Sub(patchedAt))
+		Expect(processAlive(int(oldPID))).To(BeFalse())
+		Expect(newDir).To(BeADirectory(), "run 2's directory on %s", to.node)
+	})
+
 	It("reports an entrypoint that exits 3 as Stopped, exitCode 3, reason Failed", func() {
 		applied := time.Now()
 		mustKubectl("apply", "-f", writeManifest("fails.yaml", sandboxYAML(fails, `  resources:
@@ -733,12 +825,14 @@ func nodeAgentVMSpecs(input NodeAgentVMSpecInput) {
 			Expect(filepath.Join(dir, "journal.json")).To(BeAnExistingFile(), "%s: %s holds %s", n, dir, dirListing(dir))
 			Expect(filepath.Join(dir, "upper.ext4")).To(BeAnExistingFile(), "%s: the writable root disk; %s holds %s", n, dir, dirListing(dir))
 		}
-		Expect(getVMSandbox(Default, crasher).Status.Phase).To(Equal(sandboxv1alpha1.PhaseRunning), "crasher is deleted while it runs")
+		for _, n := range []string{probe, crasher} {
+			Expect(getVMSandbox(Default, n).Status.Phase).To(Equal(sandboxv1alpha1.PhaseRunning), "%s is deleted while it runs", n)
+		}
 
-		By("deleting probe (Stopped), crasher (Running) and fails (Stopped) with kubectl delete")
+		By("deleting probe (Running, moved), crasher (Running) and fails (Stopped) with kubectl delete")
 		deleted := time.Now()
 		mustKubectl("delete", "sbx", probe, crasher, fails, "-n", vmNamespace, "--timeout=60s")
-		timing("delete (3 sandboxes, one running) → gone", time.Since(deleted))
+		timing("delete (3 sandboxes, two running) → gone", time.Since(deleted))
 		for n, r := range recs {
 			err := k8sClient.Get(ctx, client.ObjectKey{Namespace: vmNamespace, Name: n}, &sandboxv1alpha1.Sandbox{})
 			Expect(apierrors.IsNotFound(err)).To(BeTrue(), "%s still exists: %v", n, err)
