@@ -373,6 +373,32 @@ func TestAgentRunsSandboxVMs(t *testing.T) {
 			return apierrors.IsNotFound(k8sClient.Get(ctx, client.ObjectKeyFromObject(s), &sandboxv1alpha1.Sandbox{}))
 		}).WithTimeout(10 * time.Second).Should(BeTrue())
 	})
+
+	t.Run("stops a VM idle for idleTimeoutSeconds with IdleTimeout", func(t *testing.T) {
+		g := NewWithT(t)
+		// No entrypoint: the guest is configured and idles; no exec session
+		// or other host-driven activity ever comes.
+		s := newSandbox("idle", host+"/small:v1")
+		s.Spec.Lifecycle = &sandboxv1alpha1.Lifecycle{IdleTimeoutSeconds: ptr.To[int64](2)}
+		g.Expect(k8sClient.Create(ctx, s)).To(Succeed())
+		var running time.Time
+		g.Eventually(func(g Gomega) {
+			g.Expect(get(g, s).Status.Phase).To(Equal(sandboxv1alpha1.PhaseRunning))
+		}).WithTimeout(30 * time.Second).WithPolling(50 * time.Millisecond).Should(Succeed())
+		running = time.Now()
+		g.Eventually(func(g Gomega) {
+			cur := get(g, s)
+			g.Expect(cur.Status.Phase).To(Equal(sandboxv1alpha1.PhaseStopped), "vm: %+v", cur.Status.VM)
+			g.Expect(cur.Status.TerminationReason).To(Equal(sandboxv1alpha1.TerminationIdleTimeout))
+		}).WithTimeout(20 * time.Second).WithPolling(50 * time.Millisecond).Should(Succeed())
+		idle := time.Since(running)
+		t.Logf("Running → Stopped (IdleTimeout): %v", idle.Round(time.Millisecond))
+		g.Expect(idle).To(BeNumerically(">=", 1500*time.Millisecond), "not before the timeout (less the phase's polling lag)")
+		g.Expect(k8sClient.Delete(ctx, s)).To(Succeed())
+		g.Eventually(func() bool {
+			return apierrors.IsNotFound(k8sClient.Get(ctx, client.ObjectKeyFromObject(s), &sandboxv1alpha1.Sandbox{}))
+		}).WithTimeout(15 * time.Second).Should(BeTrue())
+	})
 }
 
 func processAlive(pid int) bool {
