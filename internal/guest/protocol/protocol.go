@@ -79,7 +79,41 @@ const (
 	TypeExited Type = 20
 	// TypeSignal (host → guest, JSON Signal): signal a process.
 	TypeSignal Type = 21
+	// TypeExecStarted (guest → host, JSON ExecStarted): the process of an
+	// exec stream runs; output frames may follow.
+	TypeExecStarted Type = 22
+	// TypeResize (host → guest, JSON Resize): a tty exec's window changed.
+	TypeResize Type = 23
+	// TypeFile (host → guest, new stream, JSON FileRequest): a file
+	// operation (see file.go).
+	TypeFile Type = 32
+	// TypeData (either way, raw): the bytes of a file stream, in order;
+	// FlagEnd marks the last frame of its direction.
+	TypeData Type = 33
+	// TypeFileResult (guest → host, JSON FileResult): the end of a file
+	// stream, success or failure.
+	TypeFileResult Type = 34
 )
+
+// Reserved streams. The host allocates the stream of each request it
+// starts (an exec, a file operation) from FirstHostStream upwards and never
+// reuses one within a connection.
+const (
+	// ControlStream carries the control messages (Hello, Start, Exit…).
+	ControlStream uint32 = 0
+	// MainOutputStream carries the main process's output, guest → host, as
+	// TypeStdout and TypeStderr frames. The guest keeps up to
+	// MainOutputBuffer bytes while no host reads and then drops the oldest
+	// (with a TypeStderr note saying how much), so that a missing host never
+	// blocks the workload.
+	MainOutputStream uint32 = 1
+	// FirstHostStream is the first stream the host may allocate.
+	FirstHostStream uint32 = 2
+)
+
+// MainOutputBuffer bounds the main process's output the guest holds while
+// no host reads it.
+const MainOutputBuffer = 1 << 20
 
 // Flags modify a frame.
 type Flags uint8
@@ -173,6 +207,8 @@ type Heartbeat struct {
 	// ActivitySeq increases with every host-driven operation (an exec, a file
 	// operation); the main process's own work does not count.
 	ActivitySeq uint64 `json:"activitySeq"`
+	// Metrics is the guest's resource usage now.
+	Metrics *Metrics `json:"metrics,omitempty"`
 }
 
 // HelloAck is the host's answer to Hello.
@@ -196,12 +232,6 @@ type Exit struct {
 }
 
 // Exec starts a process in the guest.
-type Exec struct {
-	Argv []string `json:"argv"`
-	Env  []string `json:"env,omitempty"`
-	Dir  string   `json:"dir,omitempty"`
-	User string   `json:"user,omitempty"`
-}
 
 // Start is the run configuration of the sandbox's main process.
 type Start struct {
@@ -324,6 +354,9 @@ type Signal struct {
 // Error reports a failed request.
 type Error struct {
 	Message string `json:"message"`
+	// Kind classifies the failure for the host (one of the ErrorKind
+	// constants; "" when none applies).
+	Kind ErrorKind `json:"kind,omitempty"`
 }
 
 // Encode marshals a control message into a frame.
