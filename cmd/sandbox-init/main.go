@@ -4,7 +4,9 @@
 //
 // The same binary is also sandbox-init's exec helper: sandbox-init
 // re-executes itself with argv[0] initd.ExecHelperArg0 to start a process
-// with its own rlimits, root and user (see initd.ExecHelperMain).
+// with its own rlimits, root and user (see initd.ExecHelperMain), and with
+// initd.FileHelperArg0 to run a file operation in the root as a user (see
+// initd.FileHelperMain).
 package main
 
 import (
@@ -19,6 +21,9 @@ func main() {
 		// Before the PID check: in an init hand-off the helper is PID 1 of
 		// its own PID namespace.
 		initd.ExecHelperMain()
+	}
+	if len(os.Args) > 0 && os.Args[0] == initd.FileHelperArg0 {
+		initd.FileHelperMain()
 	}
 	if os.Getpid() != 1 {
 		// It mounts, loads modules and powers the machine off: never on a host.

@@ -1,6 +1,7 @@
 package initd
 
 import (
+	"cmp"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -11,6 +12,8 @@ import (
 	"syscall"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/microvm-dev/sandbox-operator/internal/guest/protocol"
 )
 
 // The exec helper: how sandbox-init starts a process in the workload's
@@ -62,6 +65,9 @@ type execSpec struct {
 	Groups []uint32 `json:"groups"`
 	// Rlimits are set before the exec (as root, so hard limits may rise).
 	Rlimits []rlimit `json:"rlimits,omitempty"`
+	// File is the operation of the file helper (FileHelperArg0), which
+	// runs it itself instead of an exec.
+	File *protocol.FileRequest `json:"file,omitempty"`
 }
 
 // startHelper starts the exec helper for spec, with stdout and stderr as
@@ -69,6 +75,26 @@ type execSpec struct {
 // It returns once the program runs (the helper exec'd it) or with the
 // helper's error. Wait on the returned command for the program's end.
 func startHelper(spec execSpec, stdout, stderr io.Writer) (*exec.Cmd, error) {
+	return startHelperWith(spec, helperIO{Stdout: stdout, Stderr: stderr})
+}
+
+// helperIO is the standard I/O of a program the exec helper starts.
+type helperIO struct {
+	Stdin          io.Reader
+	Stdout, Stderr io.Writer
+	// Ctty makes the program's stdin (a pty's slave) its controlling
+	// terminal, in the new session the helper always starts.
+	Ctty bool
+	// Arg0 is the helper's argv[0]: ExecHelperArg0 unless another mode of
+	// the helper (FileHelperArg0) is wanted.
+	Arg0 string
+}
+
+// startHelperWith is startHelper with every stream and the controlling
+// terminal chosen. The helper's error report is JSON (helperReport), so
+// that the parent learns the error's kind (a missing program is NotFound,
+// one that is not executable PermissionDenied).
+func startHelperWith(spec execSpec, hio helperIO) (*exec.Cmd, error) {
 	specR, specW, err := os.Pipe()
 	if err != nil {
 		return nil, fmt.Errorf("exec helper: %w", err)
@@ -80,15 +106,15 @@ func startHelper(spec execSpec, stdout, stderr io.Writer) (*exec.Cmd, error) {
 		return nil, fmt.Errorf("exec helper: %w", err)
 	}
 	defer func() { _ = errR.Close() }()
-	attr := &syscall.SysProcAttr{Setsid: true}
+	attr := &syscall.SysProcAttr{Setsid: true, Setctty: hio.Ctty}
 	if spec.Handoff {
 		attr.Cloneflags = syscall.CLONE_NEWPID | syscall.CLONE_NEWNS
 	}
 	cmd := &exec.Cmd{
-		Path: helperExe, Args: []string{ExecHelperArg0},
+		Path: helperExe, Args: []string{cmp.Or(hio.Arg0, ExecHelperArg0)},
 		// The helper's own environment is empty: the program gets spec.Env.
-		Env:    []string{},
-		Stdout: stdout, Stderr: stderr,
+		Env:   []string{},
+		Stdin: hio.Stdin, Stdout: hio.Stdout, Stderr: hio.Stderr,
 		ExtraFiles:  []*os.File{specR, errW},
 		SysProcAttr: attr,
 	}
@@ -110,9 +136,32 @@ func startHelper(spec execSpec, stdout, stderr io.Writer) (*exec.Cmd, error) {
 		if len(msg) == 0 {
 			return nil, fmt.Errorf("exec helper: %w", errors.Join(werr, rerr, errors.New("exited with no report")))
 		}
-		return nil, errors.New(string(msg))
+		return nil, parseHelperReport(msg)
 	}
 	return cmd, nil
+}
+
+// helperReport is what the helper writes to its error pipe on failure.
+type helperReport struct {
+	Message string             `json:"message"`
+	Kind    protocol.ErrorKind `json:"kind,omitempty"`
+}
+
+// parseHelperReport turns the helper's report into an error carrying its
+// kind (plain text, from an older helper, is an Internal error).
+func parseHelperReport(msg []byte) error {
+	var r helperReport
+	if err := json.Unmarshal(msg, &r); err != nil || r.Message == "" {
+		return &kindError{Kind: protocol.ErrInternal, Msg: string(msg)}
+	}
+	return &kindError{Kind: r.Kind, Msg: r.Message}
+}
+
+// writeHelperReport writes err, with its kind, to the helper's error pipe.
+func writeHelperReport(err error) {
+	errPipe := os.NewFile(helperErrorFd, "exec-error")
+	b, _ := json.Marshal(helperReport{Message: err.Error(), Kind: errorKind(err)})
+	_, _ = errPipe.Write(b)
 }
 
 // ExecHelperMain is sandbox-init run as its exec helper (argv[0]
@@ -121,8 +170,7 @@ func startHelper(spec execSpec, stdout, stderr io.Writer) (*exec.Cmd, error) {
 // startFailedCode.
 func ExecHelperMain() {
 	err := execHelper()
-	errPipe := os.NewFile(helperErrorFd, "exec-error")
-	_, _ = errPipe.WriteString(err.Error())
+	writeHelperReport(err)
 	os.Exit(startFailedCode)
 }
 
@@ -140,6 +188,18 @@ func execHelper() error {
 	if err != nil {
 		return fmt.Errorf("exec helper: reading its spec: %w", err)
 	}
+	if err := enterSpec(spec); err != nil {
+		return err
+	}
+	if err := syscall.Exec(spec.Path, spec.Argv, spec.Env); err != nil {
+		return fmt.Errorf("exec %s: %w", spec.Path, err)
+	}
+	return errors.New("exec returned without an error") // unreachable
+}
+
+// enterSpec applies spec to this process: rlimits, root, working
+// directory, groups and user.
+func enterSpec(spec execSpec) error {
 	for _, l := range spec.Rlimits {
 		// syscall.Setrlimit, not unix.Setrlimit: it tells syscall.Exec not
 		// to restore the NOFILE soft limit Go raised at start-up.
@@ -155,7 +215,8 @@ func execHelper() error {
 		return fmt.Errorf("chroot to %s: %w", spec.Root, err)
 	}
 	if err := syscall.Chdir(spec.Dir); err != nil {
-		return fmt.Errorf("working directory %s: %w", spec.Dir, err)
+		// The working directory is the request's: a bad one is Invalid.
+		return &kindError{Kind: protocol.ErrInvalid, Msg: fmt.Sprintf("working directory %s: %v", spec.Dir, err)}
 	}
 	groups := make([]int, len(spec.Groups))
 	for i, g := range spec.Groups {
@@ -171,10 +232,7 @@ func execHelper() error {
 	if err := syscall.Setuid(int(spec.UID)); err != nil {
 		return fmt.Errorf("setting user %d: %w", spec.UID, err)
 	}
-	if err := syscall.Exec(spec.Path, spec.Argv, spec.Env); err != nil {
-		return fmt.Errorf("exec %s: %w", spec.Path, err)
-	}
-	return errors.New("exec returned without an error") // unreachable
+	return nil
 }
 
 // enterHandoffRoot makes root the root of the helper's own mount namespace

@@ -100,9 +100,24 @@ func run(boot int64, logf func(string, ...any)) (*Session, error) {
 	go watchPowerButton(logf)
 
 	s := &Session{Port: port, BootNanos: boot, Logf: logf,
-		RunMain: func(st protocol.Start) (MainProcess, error) {
-			return startMain(root, lowerMnt, RootMnt, st, logf)
-		}}
+		Metrics: func() *protocol.Metrics { return readMetrics("/proc", upperMnt) },
+	}
+	s.RunMain = func(st protocol.Start) (MainProcess, error) {
+		return startMain(root, lowerMnt, RootMnt, st, logf, s.MainOutput(protocol.TypeStdout), s.MainOutput(protocol.TypeStderr))
+	}
+	// Sessions run in the root: they wait for it like a Start does.
+	s.RunExec = func(st protocol.Start, ex protocol.Exec) (*ExecProcess, error) {
+		if err := root(); err != nil {
+			return nil, fmt.Errorf("preparing the root filesystem: %w", err)
+		}
+		return startExec(RootMnt, st, ex, logf)
+	}
+	s.RunFile = func(st protocol.Start, req protocol.FileRequest) (*FileProcess, error) {
+		if err := root(); err != nil {
+			return nil, fmt.Errorf("preparing the root filesystem: %w", err)
+		}
+		return startFile(RootMnt, st, req, logf)
+	}
 	return s, s.Serve()
 }
 
@@ -122,6 +137,9 @@ func mountBasics() error {
 		// The kernel does not mount devtmpfs into an initramfs by itself
 		// (DEVTMPFS_MOUNT applies to the root device only).
 		{"devtmpfs", "/dev", "devtmpfs", "mode=0755"},
+		// Ptys of tty exec sessions; mounted before the root binds /dev
+		// (recursively), so the root's /dev/pts is this one.
+		{"devpts", "/dev/pts", "devpts", "mode=0620,ptmxmode=0666"},
 		{"tmpfs", "/tmp", "tmpfs", "mode=1777"},
 		{"tmpfs", "/run", "tmpfs", "mode=0755"},
 	} {

@@ -11,5 +11,8 @@ func TestMain(m *testing.M) {
 	if len(os.Args) > 0 && os.Args[0] == ExecHelperArg0 {
 		ExecHelperMain()
 	}
+	if len(os.Args) > 0 && os.Args[0] == FileHelperArg0 {
+		FileHelperMain()
+	}
 	os.Exit(m.Run())
 }

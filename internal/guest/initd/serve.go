@@ -82,6 +82,16 @@ type Session struct {
 	// RunMain starts the sandbox's main process (TypeStart). nil refuses
 	// TypeStart.
 	RunMain func(protocol.Start) (MainProcess, error)
+	// RunExec starts an exec session's process (TypeExec) for the
+	// accepted Start (zero before one), which gives the Exec its defaults
+	// and rlimits. nil refuses exec sessions.
+	RunExec func(protocol.Start, protocol.Exec) (*ExecProcess, error)
+	// RunFile starts a file operation (TypeFile) for the accepted Start.
+	// nil refuses file operations.
+	RunFile func(protocol.Start, protocol.FileRequest) (*FileProcess, error)
+	// Metrics reads the guest's resource usage for each heartbeat; nil
+	// sends none.
+	Metrics func() *protocol.Metrics
 	// HeartbeatInterval is how often TypeHeartbeat is sent while a host is
 	// connected and has acknowledged the Hello; 0 means
 	// protocol.HeartbeatInterval.
@@ -110,6 +120,15 @@ type Session struct {
 	main *protocol.MainState
 	// activity counts host-driven operations (Heartbeat.ActivitySeq).
 	activity uint64
+	// start is the accepted Start (exec and file defaults).
+	start protocol.Start
+	// draining is set by TypeDrain: new sessions that change anything are
+	// refused.
+	draining bool
+	// streams are the open host-driven sessions, by stream.
+	streams map[uint32]*hostStream
+	// mainOut holds the main process's output for the host (mainout.go).
+	mainOut mainOutput
 	// heartbeatQueued is set while a heartbeat waits for the writer: a host
 	// that stops reading gets one stale heartbeat, not a growing queue.
 	heartbeatQueued bool
@@ -139,6 +158,7 @@ func (s *Session) Serve() error {
 	go s.writeLoop()
 	stop := make(chan struct{})
 	go s.heartbeats(stop)
+	go s.mainOutputLoop()
 	defer func() {
 		close(stop)
 		s.mu.Lock()
@@ -184,6 +204,8 @@ func (s *Session) helloLocked() chan error {
 func (s *Session) hostGone() chan error {
 	d, canInterrupt := s.Port.(writeDeadliner)
 	s.mu.Lock()
+	// Their output has nowhere to go (protocol's exec.go).
+	s.killStreamsLocked(s.conn)
 	s.conn++
 	s.acked = false
 	s.Version = 0
@@ -254,10 +276,17 @@ func (s *Session) serveConn() error {
 		case protocol.TypeStart:
 			s.handleStart(f)
 		case protocol.TypeExec:
+			s.handleExec(f)
+		case protocol.TypeFile:
+			s.handleFile(f)
+		case protocol.TypeDrain:
+			s.mu.Lock()
+			s.draining = true
+			s.mu.Unlock()
+			s.Logf("draining: refusing new exec sessions and file writes")
+		case protocol.TypeStdin, protocol.TypeSignal, protocol.TypeResize, protocol.TypeData:
 			s.countActivity()
-			// Not yet: exec sessions come with the node agent's exec API.
-			// Answer so that the host does not wait forever.
-			s.reply(f.Stream, "exec is not supported by this agent yet")
+			s.route(f)
 		default:
 			if f.Type >= protocol.TypeExec {
 				// Traffic of a session (stdin, a signal) is the host's doing.
@@ -321,6 +350,7 @@ func (s *Session) handleStart(f protocol.Frame) {
 		return
 	}
 	s.main = &protocol.MainState{}
+	s.start = st
 	go s.runMain(st)
 }
 
@@ -378,6 +408,13 @@ func (s *Session) writeLoop() {
 			s.cond.Wait()
 		}
 		if s.closed {
+			// Nobody writes any more: release whoever waits for a write.
+			for _, o := range s.out {
+				if o.done != nil {
+					o.done <- errStale
+				}
+			}
+			s.out = nil
 			s.mu.Unlock()
 			return
 		}
@@ -451,9 +488,19 @@ func (s *Session) heartbeats(stop <-chan struct{}) {
 		case <-t.C:
 		}
 		s.mu.Lock()
+		due := s.acked && !s.heartbeatQueued
+		s.mu.Unlock()
+		if !due {
+			continue
+		}
+		// Read outside the lock: it reads /proc and statfs.
+		var m *protocol.Metrics
+		if s.Metrics != nil {
+			m = s.Metrics()
+		}
+		s.mu.Lock()
 		if s.acked && !s.heartbeatQueued {
-			// ActiveSessions stays 0 until exec sessions exist.
-			s.sendLocked(0, protocol.TypeHeartbeat, protocol.Heartbeat{ActivitySeq: s.activity})
+			s.sendLocked(0, protocol.TypeHeartbeat, protocol.Heartbeat{ActiveSessions: len(s.streams), ActivitySeq: s.activity, Metrics: m})
 			s.heartbeatQueued = true
 		}
 		s.mu.Unlock()

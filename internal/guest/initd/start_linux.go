@@ -3,9 +3,11 @@ package initd
 import (
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"os/exec"
+	"sync"
 	"syscall"
 
 	"golang.org/x/sys/unix"
@@ -25,7 +27,10 @@ var initCandidates = []string{"/sbin/init", "/lib/systemd/systemd", "/usr/lib/sy
 // resolved (a patch may have added it to /etc/passwd) and the process is
 // started through the exec helper. Any failure fails the start: a sandbox
 // half configured would run with a surprise.
-func startMain(ready func() error, lower, root string, st protocol.Start, logf func(string, ...any)) (MainProcess, error) {
+//
+// The main process's stdout and stderr are teed to the console and to
+// stdout and stderr (the host's main output stream).
+func startMain(ready func() error, lower, root string, st protocol.Start, logf func(string, ...any), stdout, stderr io.Writer) (MainProcess, error) {
 	rlimits, err := parseRlimits(st.Rlimits)
 	if err != nil {
 		return MainProcess{}, err
@@ -73,15 +78,62 @@ func startMain(ready func() error, lower, root string, st protocol.Start, logf f
 	if err != nil {
 		return MainProcess{}, fmt.Errorf("opening the console: %w", err)
 	}
-	cmd, err := startHelper(spec, console, console)
-	_ = console.Close()
+	outR, outW, err := os.Pipe()
 	if err != nil {
+		_ = console.Close()
 		return MainProcess{}, err
 	}
+	errR, errW, err := os.Pipe()
+	if err != nil {
+		_ = console.Close()
+		_ = outR.Close()
+		_ = outW.Close()
+		return MainProcess{}, err
+	}
+	cmd, err := startHelper(spec, outW, errW)
+	_ = outW.Close()
+	_ = errW.Close()
+	if err != nil {
+		_ = console.Close()
+		_ = outR.Close()
+		_ = errR.Close()
+		return MainProcess{}, err
+	}
+	// The output goes to the console, as it always did, and to the host.
+	// Neither pipe is ever left unread: the console write is the only one
+	// that may wait, and the host's side buffers (mainout.go).
+	var tees sync.WaitGroup
+	for _, t := range []struct {
+		r    *os.File
+		sink io.Writer
+	}{{outR, stdout}, {errR, stderr}} {
+		tees.Go(func() { teeOutput(t.r, console, t.sink) })
+	}
+	go func() {
+		tees.Wait()
+		_ = console.Close()
+	}()
 	if spec.Handoff {
 		logf("handed off to %s, PID 1 of its own PID namespace (PID %d here)", spec.Path, cmd.Process.Pid)
 	}
 	return MainProcess{PID: cmd.Process.Pid, Wait: func() protocol.Exit { return waitExit(cmd, logf) }}, nil
+}
+
+// teeOutput copies r to console and sink until r ends, ignoring write
+// errors: a missing console must not stop the host's copy.
+func teeOutput(r *os.File, console, sink io.Writer) {
+	defer func() { _ = r.Close() }()
+	buf := make([]byte, 32<<10)
+	for {
+		n, err := r.Read(buf)
+		if n > 0 {
+			_, _ = console.Write(buf[:n])
+			_, _ = sink.Write(buf[:n])
+		}
+		if err != nil {
+			return
+		}
+	}
 }
 
 // mainSpec is the exec helper's spec for st's main process (or its init,
