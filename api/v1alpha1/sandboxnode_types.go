@@ -110,12 +110,34 @@ type SandboxNodeStatus struct {
 	// +kubebuilder:validation:MaxItems=256
 	CachedImages []string `json:"cachedImages,omitempty"`
 
+	// access is where the node agent serves its sandboxes' exec, attach,
+	// logs, files and metrics to the manager's access API. Unset: the agent
+	// serves no access.
+	// +optional
+	Access *NodeAccess `json:"access,omitempty"`
+
 	// conditions: Ready is True while the agent runs and can boot VMs.
 	// +optional
 	// +listType=map
 	// +listMapKey=type
 	// +kubebuilder:validation:MaxItems=16
 	Conditions []metav1.Condition `json:"conditions,omitempty"`
+}
+
+// NodeAccess is the node agent's access endpoint. The agent serves it over
+// TLS with its own certificate (published here, so the manager pins it)
+// and admits only clients with a certificate from the manager's access
+// client CA.
+type NodeAccess struct {
+	// endpoint is host:port of the agent's access server.
+	// +required
+	// +kubebuilder:validation:MaxLength=261
+	Endpoint string `json:"endpoint"`
+
+	// certificate is the PEM certificate the agent serves the endpoint with.
+	// +required
+	// +kubebuilder:validation:MaxLength=16384
+	Certificate string `json:"certificate"`
 }
 
 // NodeVersions are software versions on a node.

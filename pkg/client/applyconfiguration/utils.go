@@ -58,6 +58,8 @@ func ForKind(kind schema.GroupVersionKind) interface{} {
 		return &apiv1alpha1.NetworkSecretApplyConfiguration{}
 	case v1alpha1.SchemeGroupVersion.WithKind("NetworkSpec"):
 		return &apiv1alpha1.NetworkSpecApplyConfiguration{}
+	case v1alpha1.SchemeGroupVersion.WithKind("NodeAccess"):
+		return &apiv1alpha1.NodeAccessApplyConfiguration{}
 	case v1alpha1.SchemeGroupVersion.WithKind("NodeResources"):
 		return &apiv1alpha1.NodeResourcesApplyConfiguration{}
 	case v1alpha1.SchemeGroupVersion.WithKind("NodeVersions"):

@@ -41,6 +41,10 @@ type SandboxNodeStatusApplyConfiguration struct {
 	// cachedImages are the image digests the node has root filesystems for
 	// (placement prefers nodes that hold a sandbox's image).
 	CachedImages []string `json:"cachedImages,omitempty"`
+	// access is where the node agent serves its sandboxes' exec, attach,
+	// logs, files and metrics to the manager's access API. Unset: the agent
+	// serves no access.
+	Access *NodeAccessApplyConfiguration `json:"access,omitempty"`
 	// conditions: Ready is True while the agent runs and can boot VMs.
 	Conditions []v1.ConditionApplyConfiguration `json:"conditions,omitempty"`
 }
@@ -90,6 +94,14 @@ func (b *SandboxNodeStatusApplyConfiguration) WithCachedImages(values ...string)
 	for i := range values {
 		b.CachedImages = append(b.CachedImages, values[i])
 	}
+	return b
+}
+
+// WithAccess sets the Access field in the declarative configuration to the given value
+// and returns the receiver, so that objects can be built by chaining "With" function invocations.
+// If called multiple times, the Access field is set to the value of the last call.
+func (b *SandboxNodeStatusApplyConfiguration) WithAccess(value *NodeAccessApplyConfiguration) *SandboxNodeStatusApplyConfiguration {
+	b.Access = value
 	return b
 }
 
