@@ -147,27 +147,59 @@ func (c *Conn) File(ctx context.Context, req protocol.FileRequest, upload io.Rea
 }
 
 // upload streams r on stream id, FlagEnd last, unless the guest answered
-// (it failed) or ctx ends first.
+// (it failed), the connection ended or ctx ended first.
+//
+// r is read on its own goroutine, so that a Read that blocks (an upload
+// fed by a client that went quiet) cannot keep File from returning when
+// the connection or ctx ends: that goroutine then ends with the Read, and
+// never reads again.
 func (c *Conn) upload(ctx context.Context, id uint32, s *fileSession, r io.Reader) error {
-	buf := make([]byte, chunkSize)
-	for r != nil {
-		if s.answered() {
-			return nil // it failed: File returns its answer
-		}
-		if err := ctx.Err(); err != nil {
-			return err
-		}
-		n, err := io.ReadFull(r, buf)
-		if n > 0 {
-			if werr := c.write(protocol.Frame{Stream: id, Type: protocol.TypeData, Payload: buf[:n]}); werr != nil {
-				return werr
+	if r != nil {
+		chunks := make(chan []byte)
+		var readErr error // set before chunks is closed
+		stop := make(chan struct{})
+		defer close(stop)
+		go func() {
+			defer close(chunks)
+			// Two buffers: one is read into while the other is written (the
+			// channel is unbuffered, so a buffer is free again once the next
+			// receive happened).
+			bufs := [2][]byte{make([]byte, chunkSize), make([]byte, chunkSize)}
+			for i := 0; ; i ^= 1 {
+				n, err := r.Read(bufs[i])
+				if n > 0 {
+					select {
+					case chunks <- bufs[i][:n]:
+					case <-stop:
+						return
+					}
+				}
+				if err != nil {
+					if !errors.Is(err, io.EOF) {
+						readErr = fmt.Errorf("reading the upload: %w", err)
+					}
+					return
+				}
 			}
-		}
-		if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
-			break
-		}
-		if err != nil {
-			return fmt.Errorf("reading the upload: %w", err)
+		}()
+	loop:
+		for {
+			select {
+			case p, ok := <-chunks:
+				if !ok {
+					if readErr != nil {
+						return readErr
+					}
+					break loop
+				}
+				if err := c.write(protocol.Frame{Stream: id, Type: protocol.TypeData, Payload: p}); err != nil {
+					return err
+				}
+			case <-s.result:
+				return nil // it failed (or the connection ended): File returns its answer
+			case <-ctx.Done():
+				return ctx.Err()
+			}
 		}
 	}
 	if s.answered() {

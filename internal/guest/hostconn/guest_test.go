@@ -59,6 +59,13 @@ type scriptedGuest struct {
 	cancels chan uint32
 	// emitted counts the stdout bytes "emit" sessions wrote to the host.
 	emitted atomic.Int64
+	// echoed counts the bytes "cat" sessions echoed.
+	echoed atomic.Int64
+	// stalled is closed to stop reading (StopReading); quit ends the
+	// stall at cleanup.
+	stallOnce sync.Once
+	stalled   chan struct{}
+	quit      chan struct{}
 }
 
 type signalEvent struct {
@@ -77,9 +84,12 @@ func startGuest(t *testing.T, conn net.Conn) *scriptedGuest {
 		dirs:    map[string]bool{"/": true},
 		signals: make(chan signalEvent, 64),
 		cancels: make(chan uint32, 64),
+		stalled: make(chan struct{}),
+		quit:    make(chan struct{}),
 	}
 	g.wg.Go(g.readLoop)
 	t.Cleanup(func() {
+		close(g.quit)
 		_ = conn.Close()
 		g.wg.Wait()
 	})
@@ -121,6 +131,19 @@ func (g *scriptedGuest) Streams() []uint32 {
 // HangUp closes the guest's end.
 func (g *scriptedGuest) HangUp() { _ = g.conn.Close() }
 
+// StopReading makes the guest stop reading after the frame it may be
+// reading now, as a stuck guest would: the host's writes then block.
+func (g *scriptedGuest) StopReading() { g.stallOnce.Do(func() { close(g.stalled) }) }
+
+// Sync returns once the host's reader has taken every frame the guest
+// sent before (net.Pipe's writes return when the other end read them, and
+// the host reads one frame at a time).
+func (g *scriptedGuest) Sync() {
+	if err := g.Send(protocol.Frame{Stream: protocol.MainOutputStream, Type: 99}); err != nil {
+		g.t.Errorf("scriptedGuest: sync: %v", err)
+	}
+}
+
 func (g *scriptedGuest) readLoop() {
 	defer func() {
 		g.mu.Lock()
@@ -131,6 +154,12 @@ func (g *scriptedGuest) readLoop() {
 		g.mu.Unlock()
 	}()
 	for {
+		select {
+		case <-g.stalled:
+			<-g.quit
+			return
+		default:
+		}
 		f, err := protocol.ReadFrame(g.conn)
 		if err != nil {
 			return
@@ -221,8 +250,11 @@ func (g *scriptedGuest) exec(stream uint32, req protocol.Exec, in <-chan protoco
 		for f := range in {
 			switch f.Type {
 			case protocol.TypeStdin:
-				if len(f.Payload) > 0 && !out(protocol.TypeStdout, f.Payload) {
-					return
+				if len(f.Payload) > 0 {
+					if !out(protocol.TypeStdout, f.Payload) {
+						return
+					}
+					g.echoed.Add(int64(len(f.Payload)))
 				}
 				if f.Flags&protocol.FlagEnd != 0 {
 					exited(0, "")
@@ -437,7 +469,7 @@ func (g *scriptedGuest) file(stream uint32, req protocol.FileRequest, in <-chan 
 		}
 		sort.Strings(names)
 		for _, p := range names {
-			_ = tw.WriteHeader(&tar.Header{Name: strings.TrimPrefix(p, path.Dir(req.Path)+"/"), Mode: 0o644, Size: int64(len(g.files[p]))})
+			_ = tw.WriteHeader(&tar.Header{Name: strings.TrimPrefix(strings.TrimPrefix(p, path.Dir(req.Path)), "/"), Mode: 0o644, Size: int64(len(g.files[p]))})
 			_, _ = tw.Write(g.files[p])
 		}
 		g.mu.Unlock()
