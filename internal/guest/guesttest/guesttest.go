@@ -31,6 +31,8 @@ type File struct {
 var Applets = []string{
 	"sh", "cat", "echo", "env", "false", "grep", "head", "hostname", "id", "ls",
 	"mkdir", "pwd", "readlink", "sleep", "sync", "test", "tr", "true", "wc",
+	// For exec sessions: ttys, signals, checksums.
+	"stty", "tty", "kill", "sha256sum",
 }
 
 // Users of a BusyboxRoot: root, and app (1000:1000, home /home/app), a
