@@ -118,6 +118,28 @@ func TestAggregatedAPIAuthorizesWithTheCallersIdentity(t *testing.T) {
 		g.Expect(conds).To(ContainElement(And(HaveKeyWithValue("type", "Available"), HaveKeyWithValue("status", "True"))), "%v", conds)
 	}).WithTimeout(60 * time.Second).WithPolling(200 * time.Millisecond).Should(Succeed())
 
+	t.Run("the access client CA is created once and published", func(t *testing.T) {
+		g := NewWithT(t)
+		ca1, err := EnsureClientCA(ctx, admin, "sandbox-system")
+		g.Expect(err).NotTo(HaveOccurred())
+		ca2, err := EnsureClientCA(ctx, admin, "sandbox-system")
+		g.Expect(err).NotTo(HaveOccurred())
+		g.Expect(ca2.CertPEM).To(Equal(ca1.CertPEM), "the second manager start reuses the stored CA")
+		cm := &corev1.ConfigMap{}
+		g.Expect(admin.Get(ctx, client.ObjectKey{Namespace: "sandbox-system", Name: ClientCAName}, cm)).To(Succeed())
+		g.Expect(cm.Data[ClientCACertKey]).To(Equal(string(ca1.CertPEM)))
+		pair, err := ca2.ManagerClientCert()
+		g.Expect(err).NotTo(HaveOccurred())
+		leaf, err := pair.TLSCertificate()
+		g.Expect(err).NotTo(HaveOccurred())
+		cert, err := x509.ParseCertificate(leaf.Certificate[0])
+		g.Expect(err).NotTo(HaveOccurred())
+		pool := x509.NewCertPool()
+		pool.AppendCertsFromPEM([]byte(cm.Data[ClientCACertKey]))
+		_, err = cert.Verify(x509.VerifyOptions{Roots: pool, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}})
+		g.Expect(err).NotTo(HaveOccurred(), "an agent trusting the published CA accepts the manager's certificate")
+	})
+
 	// alice may exec in namespace team; bob may not.
 	g.Expect(admin.Create(ctx, &rbacv1.Role{ObjectMeta: metav1.ObjectMeta{Name: "exec", Namespace: "team"},
 		Rules: []rbacv1.PolicyRule{{APIGroups: []string{Group}, Resources: []string{"sandboxes/exec"}, Verbs: []string{"get", "create"}}}})).To(Succeed())
