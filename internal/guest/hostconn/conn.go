@@ -75,6 +75,9 @@ type receiver interface {
 	receive(f protocol.Frame) (end bool)
 	// fail ends the session: the connection ended with err.
 	fail(err error)
+	// bind tells the session its stream, before any frame of it can
+	// arrive.
+	bind(stream uint32)
 }
 
 // New takes over conn, on which the handshake is done, and starts reading
@@ -210,6 +213,7 @@ func (c *Conn) open(r receiver) (uint32, error) {
 	}
 	id := c.next
 	c.next++ // wraps to 0 after the last id: exhausted
+	r.bind(id)
 	c.streams[id] = r
 	return id, nil
 }
@@ -255,17 +259,4 @@ func (c *Conn) writeMsg(stream uint32, t protocol.Type, msg any) error {
 		return err
 	}
 	return c.write(f)
-}
-
-// writeData writes p as data frames of type t on stream, at most chunkSize
-// bytes each.
-func (c *Conn) writeData(stream uint32, t protocol.Type, p []byte) error {
-	for len(p) > 0 {
-		n := min(len(p), chunkSize)
-		if err := c.write(protocol.Frame{Stream: stream, Type: t, Payload: p[:n]}); err != nil {
-			return err
-		}
-		p = p[n:]
-	}
-	return nil
 }

@@ -65,11 +65,13 @@ func (c *Conn) Exec(ctx context.Context, req protocol.Exec) (*Process, error) {
 	}
 	p.Stdout, p.Stderr = p.stdout, p.stderr
 	p.Stdin = &stdinWriter{p: p, open: req.Stdin}
+	if err := ctx.Err(); err != nil {
+		return nil, fmt.Errorf("starting %q: %w", argv0(req.Argv), err)
+	}
 	id, err := c.open(p)
 	if err != nil {
 		return nil, fmt.Errorf("starting %q: %w", argv0(req.Argv), err)
 	}
-	p.stream = id
 	if err := c.writeMsg(id, protocol.TypeExec, req); err != nil {
 		c.forget(id)
 		return nil, fmt.Errorf("starting %q: %w", argv0(req.Argv), err)
@@ -103,6 +105,8 @@ func argv0(argv []string) string {
 	}
 	return argv[0]
 }
+
+func (p *Process) bind(stream uint32) { p.stream = stream }
 
 // receive handles a frame of the exec's stream, on the reader goroutine.
 func (p *Process) receive(f protocol.Frame) bool {

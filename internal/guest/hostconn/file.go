@@ -54,6 +54,8 @@ func (s *fileSession) receive(f protocol.Frame) bool {
 
 func (s *fileSession) fail(err error) { s.finish(protocol.FileResult{}, err) }
 
+func (s *fileSession) bind(uint32) {}
+
 // finish records the answer once.
 func (s *fileSession) finish(res protocol.FileResult, err error) {
 	if err != nil {
@@ -91,12 +93,15 @@ func (s *fileSession) answered() bool {
 // stream is dropped. A write cut short this way is not committed by the
 // guest as a complete one (no FlagEnd was sent).
 func (c *Conn) File(ctx context.Context, req protocol.FileRequest, upload io.Reader, download io.Writer) (protocol.FileResult, error) {
+	wrap := func(err error) error { return fmt.Errorf("file %s %s: %w", req.Op, req.Path, err) }
+	if err := ctx.Err(); err != nil {
+		return protocol.FileResult{}, wrap(err)
+	}
 	s := &fileSession{data: newBuffer(c.opts.StreamBuffer), result: make(chan struct{})}
 	id, err := c.open(s)
 	if err != nil {
-		return protocol.FileResult{}, fmt.Errorf("file %s %s: %w", req.Op, req.Path, err)
+		return protocol.FileResult{}, wrap(err)
 	}
-	wrap := func(err error) error { return fmt.Errorf("file %s %s: %w", req.Op, req.Path, err) }
 	abort := func(cause error) (protocol.FileResult, error) {
 		c.forget(id)
 		s.data.discard()
@@ -129,10 +134,12 @@ func (c *Conn) File(ctx context.Context, req protocol.FileRequest, upload io.Rea
 			return abort(err)
 		}
 	}
-	select {
-	case <-s.result:
-	case <-ctx.Done():
-		return abort(ctx.Err())
+	if !s.answered() { // an answer that arrived wins over ctx
+		select {
+		case <-s.result:
+		case <-ctx.Done():
+			return abort(ctx.Err())
+		}
 	}
 	s.mu.Lock()
 	res, err := s.res, s.err

@@ -214,7 +214,7 @@ func TestFileGivenUp(t *testing.T) {
 		g := NewWithT(t)
 		c, guest := newConn(t, hostconn.Options{})
 		upload, feed := io.Pipe()
-		defer feed.Close()
+		defer func() { _ = feed.Close() }()
 		short, cancel := context.WithCancel(ctx)
 		done := make(chan error, 1)
 		go func() {
