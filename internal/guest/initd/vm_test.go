@@ -61,6 +61,9 @@ exit 4
 // output; then it closes the agent connection and dials again, as a
 // restarted node agent does: the guest says Hello again with the main
 // process's PID, refuses a second Start, heartbeats and delivers the exit.
+// The main process's output also reaches the agent on its stream; after
+// its exit, exec sessions (stdin, a tty, signals, a timeout), file
+// operations, heartbeat metrics and the drain are checked (checkSessions).
 //
 // Boot 2 reuses the disks and hands off to the image's init: it runs as
 // PID 1 of its own PID namespace and finds what boot 1 wrote; after its
@@ -73,10 +76,12 @@ func TestMicroVMRunsAConfiguredSandboxAcrossAgentRestarts(t *testing.T) {
 	guesttest.BusyboxRoot(t, rootDir, map[string]guesttest.File{
 		"etc/motd":  {Content: "image-motd\n"},
 		"sbin/init": {Content: initScript, Mode: 0o755},
+		// Read as app, a file operation is denied.
+		"etc/secret": {Content: "root only\n", Mode: 0o600},
 	})
 	disks := vmDisks{root: filepath.Join(work, "root.ext4"), upper: filepath.Join(work, "upper.ext4"), vol: filepath.Join(work, "vol.ext4")}
 	guesttest.Ext4(t, rootDir, disks.root, 32)
-	guesttest.Ext4(t, "", disks.upper, 16) // formatted by the host, empty
+	guesttest.Ext4(t, "", disks.upper, 48) // formatted by the host, empty; room for a 10 MiB file
 	guesttest.Ext4(t, "", disks.vol, 8)
 
 	t.Run("boot 1: a configured main process, and an agent restart while it runs", func(t *testing.T) {
@@ -124,6 +129,15 @@ func TestMicroVMRunsAConfiguredSandboxAcrossAgentRestarts(t *testing.T) {
 			g.Expect(console).To(ContainSubstring(want))
 		}
 
+		// The main process's output reaches the host too, on its stream.
+		var mainOut []byte
+		for !bytes.Contains(mainOut, []byte("main=running")) {
+			if f := readFrame(t, conn, 10*time.Second); f.Stream == protocol.MainOutputStream && f.Type == protocol.TypeStdout {
+				mainOut = append(mainOut, f.Payload...)
+			}
+		}
+		g.Expect(string(mainOut)).To(ContainSubstring("uid=1000 gid=1000 groups=1000 10\n"))
+
 		// The node agent restarts: its connection goes, a new one comes.
 		restartAgent(t, vm, conn)
 		conn = dial(t, vm)
@@ -153,6 +167,10 @@ func TestMicroVMRunsAConfiguredSandboxAcrossAgentRestarts(t *testing.T) {
 		g.Expect(sawError).To(BeTrue(), "a second Start is refused")
 		g.Expect(sawHeartbeat).To(BeTrue(), "heartbeats while the main process runs")
 		g.Expect(*exit).To(Equal(protocol.Exit{Code: 3}))
+
+		// The sandbox outlives its main process: exec sessions and file
+		// operations, as its user, then the drain.
+		checkSessions(t, conn)
 		shutdown(t, vm, conn)
 		console = waitConsole(t, vm, "powering off", time.Second)
 		// The port supports the write deadline that keeps a write meant
