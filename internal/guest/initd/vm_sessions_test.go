@@ -232,7 +232,9 @@ func checkSessions(t *testing.T, conn net.Conn) {
 	s := h.stream()
 	h.sendOn(s, protocol.TypeExec, protocol.Exec{Argv: []string{"sh", "-c", "stty size; tty; read x; stty size"}, Tty: true, Rows: 30, Cols: 100, Stdin: true})
 	var tty vmExec
-	h.collect(s, &tty, func(out []byte) bool { return bytes.Contains(out, []byte("/dev/pts/")) && bytes.HasSuffix(out, []byte("\n")) })
+	h.collect(s, &tty, func(out []byte) bool {
+		return bytes.Contains(out, []byte("/dev/pts/")) && bytes.HasSuffix(out, []byte("\n"))
+	})
 	h.sendOn(s, protocol.TypeResize, protocol.Resize{Rows: 40, Cols: 120})
 	if err := protocol.WriteFrame(conn, protocol.Frame{Stream: s, Type: protocol.TypeStdin, Payload: []byte("\n")}); err != nil {
 		t.Fatal(err)
