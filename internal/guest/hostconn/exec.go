@@ -46,7 +46,9 @@ type Process struct {
 	exit      protocol.Exit   // valid when waitErr is nil or a *GuestError
 	waitErr   error           // Wait's error
 	abandoned bool            // Exec gave up waiting, or Close was called
-	lateErr   *protocol.Error // a guest error after the start (ErrTimeout)
+	// lateErrs are the guest's errors after the start (ErrTimeout, an
+	// unknown signal…), in order.
+	lateErrs []*GuestError
 }
 
 // Exec starts a process in the guest. It returns when the guest reported
@@ -131,7 +133,7 @@ func (p *Process) receive(f protocol.Frame) bool {
 			e = protocol.Error{Kind: protocol.ErrInternal, Message: err.Error()}
 		}
 		p.mu.Lock()
-		p.lateErr = &e
+		p.lateErrs = append(p.lateErrs, guestError(e))
 		p.mu.Unlock()
 	case protocol.TypeExited:
 		var ex protocol.Exit
@@ -144,11 +146,11 @@ func (p *Process) receive(f protocol.Frame) bool {
 		case <-p.exited: // the connection ended meanwhile
 		default:
 			p.exit = ex
-			switch {
-			case err != nil:
-				p.waitErr = err
-			case p.lateErr != nil:
-				p.waitErr = guestError(*p.lateErr)
+			p.waitErr = err
+			for _, e := range p.lateErrs {
+				if e.Kind == protocol.ErrTimeout {
+					p.waitErr = e
+				}
 			}
 			close(p.exited)
 		}
@@ -232,14 +234,24 @@ func (p *Process) end(err error) {
 // precedes the exit on the wire, so once Wait returned all of it is in
 // Stdout and Stderr (it can still be read; Wait does not wait for that).
 // The error wraps ErrClosed when the connection ended before the exit
-// (the exit is then unknown), and is a *GuestError (with a valid exit) when
-// the guest reported a failure before the exit, as it does for
-// protocol.ErrTimeout.
+// (the exit is then unknown), and is the guest's *GuestError of kind
+// protocol.ErrTimeout (with a valid exit) when the guest killed the
+// process for its Exec.TimeoutMillis.
 func (p *Process) Wait() (protocol.Exit, error) {
 	<-p.exited
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	return p.exit, p.waitErr
+}
+
+// Errors returns the errors the guest reported on the session after the
+// start, which did not end it: ErrTimeout (also Wait's error), or
+// ErrInvalid for a Signal the guest does not know (the protocol does not
+// answer Signal and Resize otherwise, so their failures only show here).
+func (p *Process) Errors() []*GuestError {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return append([]*GuestError(nil), p.lateErrs...)
 }
 
 // Exited is closed when Wait would return without blocking.

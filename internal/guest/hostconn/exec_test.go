@@ -149,12 +149,16 @@ func TestSignalAndResize(t *testing.T) {
 	stdout := readAll(p.Stdout)
 	g.Expect(p.Resize(40, 100)).To(Succeed())
 	g.Expect(p.Resize(50, 132)).To(Succeed())
+	// A signal the guest does not know: an error that does not end it.
+	g.Expect(p.Signal("SIGBOGUS")).To(Succeed())
+	g.Eventually(guest.signals).Should(Receive(Equal(signalEvent{p2s(p), "SIGBOGUS"})))
 	g.Expect(p.Signal("SIGHUP")).To(Succeed())
 	g.Eventually(guest.signals).Should(Receive(Equal(signalEvent{p2s(p), "SIGHUP"})))
 	exit, err := p.Wait()
-	g.Expect(err).NotTo(HaveOccurred())
+	g.Expect(err).NotTo(HaveOccurred(), "an unknown signal is no error of the process")
 	g.Expect(exit).To(Equal(protocol.Exit{Code: -1, Signal: "SIGHUP"}))
 	g.Expect(string(<-stdout)).To(Equal("40x100\n50x132\n"))
+	g.Expect(p.Errors()).To(Equal([]*hostconn.GuestError{{Kind: protocol.ErrInvalid, Message: `unknown signal "SIGBOGUS"`}}))
 }
 
 // p2s is the stream of a process started by the scripted guest (its PID

@@ -32,7 +32,8 @@ import (
 //   - "emit N CHUNK [stderr]": writes N bytes of pattern(stream) to stdout
 //     in CHUNK-byte frames (and "done\n" to stderr with "stderr"), then
 //     exits 3.
-//   - "sleep": runs until signalled; exits -1 with the signal.
+//   - "sleep": runs until signalled; exits -1 with the signal (but for
+//     "SIGBOGUS": an ErrInvalid error, and it runs on).
 //   - "tty": reports each resize as "ROWSxCOLS\n" on stdout; exits on a
 //     signal.
 //   - "timeout": sends an ErrTimeout error, then exits -1 SIGKILL.
@@ -290,11 +291,19 @@ func (g *scriptedGuest) exec(stream uint32, req protocol.Exec, in <-chan protoco
 		if !started() {
 			return
 		}
-		sig, ok := waitSignal(in, func(r protocol.Resize) {
-			out(protocol.TypeStdout, fmt.Appendf(nil, "%dx%d\n", r.Rows, r.Cols))
-		})
-		if ok {
+		for {
+			sig, ok := waitSignal(in, func(r protocol.Resize) {
+				out(protocol.TypeStdout, fmt.Appendf(nil, "%dx%d\n", r.Rows, r.Cols))
+			})
+			if !ok {
+				return
+			}
+			if sig == "SIGBOGUS" { // as sandbox-init does: the session goes on
+				_ = g.SendMsg(stream, protocol.TypeError, protocol.Error{Kind: protocol.ErrInvalid, Message: `unknown signal "SIGBOGUS"`})
+				continue
+			}
 			exited(-1, sig)
+			return
 		}
 	case "timeout":
 		if !started() {
