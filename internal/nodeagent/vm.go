@@ -16,6 +16,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/event"
 
 	sandboxv1alpha1 "github.com/microvm-dev/sandbox-operator/api/v1alpha1"
+	"github.com/microvm-dev/sandbox-operator/internal/guest/hostconn"
 	"github.com/microvm-dev/sandbox-operator/internal/guest/protocol"
 	"github.com/microvm-dev/sandbox-operator/internal/vmm"
 )
@@ -46,8 +47,11 @@ type vmHandle struct {
 	// idleTimeout stops the VM after this long without activity (0: never).
 	idleTimeout time.Duration
 
+	// output receives the main process's output (nil: dropped).
+	output func(stderr bool, data []byte)
+
 	mu        sync.Mutex
-	conn      net.Conn
+	guest     *hostconn.Conn // the current connection to the guest agent, nil between connections
 	bootedAt  time.Time // first Hello; zero until then
 	exitedAt  time.Time // zero until QEMU exited
 	exitCode  *int32
@@ -56,7 +60,10 @@ type vmHandle struct {
 	failure   string         // why the guest never said Hello, if so
 	mainExit  *protocol.Exit // the main process's end, once the guest reported it
 	mainError string         // the guest's error about the main process, if any
-	// Activity, from the guest's heartbeats, for the idle timeout.
+	// metrics is the guest's latest report of its resources.
+	metrics *protocol.Metrics
+	// Activity, from the guest's heartbeats, for the idle timeout and drains.
+	sessions     int
 	activitySeq  uint64
 	lastActivity time.Time
 }
@@ -114,11 +121,7 @@ func (h *vmHandle) watch(ctx context.Context, notify chan<- event.GenericEvent) 
 	select {
 	case <-h.vm.Done():
 	case <-ctx.Done():
-		h.mu.Lock()
-		if h.conn != nil {
-			_ = h.conn.Close()
-		}
-		h.mu.Unlock()
+		h.closeGuest()
 		<-talkDone
 		_ = h.vm.Close()
 		return
@@ -131,10 +134,8 @@ func (h *vmHandle) watch(ctx context.Context, notify chan<- event.GenericEvent) 
 	} else if errors.As(err, &ee) {
 		h.exitCode = ptrInt32(int32(ee.ExitCode()))
 	}
-	if h.conn != nil {
-		_ = h.conn.Close()
-	}
 	h.mu.Unlock()
+	h.closeGuest()
 	<-talkDone
 	_ = h.vm.Close()
 	trigger()
@@ -187,7 +188,19 @@ func (h *vmHandle) talk(ctx context.Context, trigger func()) {
 			// It ended while no agent was connected.
 			h.mainExited(*hello.Main.Exit, trigger)
 		}
-		h.serveGuest(conn, trigger)
+		gc := hostconn.New(conn, hostconn.Options{
+			OnControl:    func(f protocol.Frame) { h.onControl(f, trigger) },
+			OnMainOutput: h.output,
+		})
+		h.mu.Lock()
+		h.guest = gc
+		h.mu.Unlock()
+		<-gc.Done()
+		h.mu.Lock()
+		if h.guest == gc {
+			h.guest = nil
+		}
+		h.mu.Unlock()
 		select {
 		case <-h.vm.Done():
 			return
@@ -238,7 +251,7 @@ func (h *vmHandle) handshake(ctx context.Context) (net.Conn, protocol.Hello, err
 		err = protocol.WriteFrame(conn, ack)
 	}
 	if err == nil && hello.Main == nil && h.config != nil {
-		// Sent before h.conn is set: stop cannot write concurrently.
+		// Written before the connection is shared: nothing else writes yet.
 		var start protocol.Frame
 		if start, err = protocol.Encode(0, protocol.TypeStart, *h.config); err == nil {
 			err = protocol.WriteFrame(conn, start)
@@ -248,53 +261,53 @@ func (h *vmHandle) handshake(ctx context.Context) (net.Conn, protocol.Hello, err
 		return fail(err)
 	}
 	_ = conn.SetWriteDeadline(time.Time{})
-	h.mu.Lock()
-	h.conn = conn
-	h.mu.Unlock()
 	return conn, hello, nil
 }
 
-// serveGuest reads what the guest sends until the connection ends (so that
-// it never blocks on a full port).
-func (h *vmHandle) serveGuest(conn net.Conn, trigger func()) {
-	defer func() {
-		h.mu.Lock()
-		if h.conn == conn {
-			h.conn = nil
+// Guest returns the current connection to the guest agent, or nil while
+// there is none (booting, reconnecting, exited).
+func (h *vmHandle) Guest() *hostconn.Conn {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.guest
+}
+
+func (h *vmHandle) closeGuest() {
+	if gc := h.Guest(); gc != nil {
+		_ = gc.Close()
+	}
+}
+
+// onControl handles the guest's control messages: the main process's
+// errors and exit, and heartbeats. It runs on the connection's reader.
+func (h *vmHandle) onControl(f protocol.Frame, trigger func()) {
+	switch f.Type {
+	case protocol.TypeError:
+		var e protocol.Error
+		if protocol.Decode(f, &e) == nil {
+			h.mu.Lock()
+			h.mainError = e.Message
+			h.mu.Unlock()
 		}
-		h.mu.Unlock()
-		_ = conn.Close()
-	}()
-	for {
-		f, err := protocol.ReadFrame(conn)
-		if err != nil {
-			return
+	case protocol.TypeExit:
+		var ex protocol.Exit
+		if protocol.Decode(f, &ex) == nil {
+			// Not on the reader: mainExited triggers a reconcile and may
+			// wait for it to be taken.
+			go h.mainExited(ex, trigger)
 		}
-		if f.Stream != 0 {
-			continue
-		}
-		switch f.Type {
-		case protocol.TypeError:
-			var e protocol.Error
-			if protocol.Decode(f, &e) == nil {
-				h.mu.Lock()
-				h.mainError = e.Message
-				h.mu.Unlock()
+	case protocol.TypeHeartbeat:
+		var hb protocol.Heartbeat
+		if protocol.Decode(f, &hb) == nil {
+			h.mu.Lock()
+			h.sessions = hb.ActiveSessions
+			if hb.ActivitySeq != h.activitySeq || hb.ActiveSessions > 0 {
+				h.activitySeq, h.lastActivity = hb.ActivitySeq, time.Now()
 			}
-		case protocol.TypeExit:
-			var ex protocol.Exit
-			if protocol.Decode(f, &ex) == nil {
-				h.mainExited(ex, trigger)
+			if hb.Metrics != nil {
+				h.metrics = hb.Metrics
 			}
-		case protocol.TypeHeartbeat:
-			var hb protocol.Heartbeat
-			if protocol.Decode(f, &hb) == nil {
-				h.mu.Lock()
-				if hb.ActivitySeq != h.activitySeq || hb.ActiveSessions > 0 {
-					h.activitySeq, h.lastActivity = hb.ActivitySeq, time.Now()
-				}
-				h.mu.Unlock()
-			}
+			h.mu.Unlock()
 		}
 	}
 }
@@ -350,17 +363,24 @@ func mainExitMessage(ex protocol.Exit, guestErr string) string {
 // VMM when it is still running after grace + killMargin. It runs once per
 // VM, in its own goroutine.
 func (h *vmHandle) stop(mode sandboxv1alpha1.StopMode, grace time.Duration) {
-	h.mu.Lock()
-	conn := h.conn
-	h.mu.Unlock()
-	if mode != sandboxv1alpha1.StopKill && conn != nil {
-		f, err := protocol.Encode(0, protocol.TypeShutdown, protocol.Shutdown{GraceMillis: grace.Milliseconds()})
-		if err == nil {
-			// Serialised with nothing else: the handshake's writes happen
-			// before h.conn is set, and only stop writes after that.
-			_ = conn.SetWriteDeadline(time.Now().Add(5 * time.Second))
-			err = protocol.WriteFrame(conn, f)
+	gc := h.Guest()
+	if mode == sandboxv1alpha1.StopDrain && gc != nil {
+		// New sessions are refused from now on; the running ones may finish
+		// within the grace period, then the guest shuts down.
+		deadline := time.Now().Add(grace)
+		if gc.SendControl(protocol.TypeDrain, protocol.Drain{}) == nil {
+			for time.Now().Before(deadline) && h.activeSessions() > 0 {
+				select {
+				case <-h.vm.Done():
+					return
+				case <-time.After(drainPoll):
+				}
+			}
 		}
+		grace = max(time.Until(deadline), 0)
+	}
+	if mode != sandboxv1alpha1.StopKill && gc != nil {
+		err := gc.SendControl(protocol.TypeShutdown, protocol.Shutdown{GraceMillis: grace.Milliseconds()})
 		if err == nil {
 			select {
 			case <-h.vm.Done():
@@ -372,6 +392,16 @@ func (h *vmHandle) stop(mode sandboxv1alpha1.StopMode, grace time.Duration) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	_ = h.vm.Kill(ctx)
+}
+
+// drainPoll is how often a drain checks for running sessions (the guest
+// reports them every protocol.HeartbeatInterval).
+const drainPoll = 100 * time.Millisecond
+
+func (h *vmHandle) activeSessions() int {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.sessions
 }
 
 // consoleSuffix is "; console:" and the console's last lines, or "".
