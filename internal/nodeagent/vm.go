@@ -52,8 +52,8 @@ type vmHandle struct {
 
 	mu        sync.Mutex
 	guest     *hostconn.Conn // the current connection to the guest agent, nil between connections
-	bootedAt  time.Time // first Hello; zero until then
-	exitedAt  time.Time // zero until QEMU exited
+	bootedAt  time.Time      // first Hello; zero until then
+	exitedAt  time.Time      // zero until QEMU exited
 	exitCode  *int32
 	stopAsked bool
 	stopWhy   sandboxv1alpha1.TerminationReason
