@@ -22,7 +22,9 @@ const (
 // defaults and its rlimits: an exec runs exactly as the main process
 // would. Unlike the main process's, a missing working directory is not
 // created (Invalid): an exec must not change the root behind the host's
-// back.
+// back. Under an init hand-off (Start.Init) an exec still runs in the
+// guest's PID and mount namespaces, chrooted into the root: it sees the
+// init's files, not its PID namespace.
 func execSpecFor(root string, st protocol.Start, ex protocol.Exec) (execSpec, error) {
 	env := ex.Env
 	if len(env) == 0 {

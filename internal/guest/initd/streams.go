@@ -272,7 +272,9 @@ func (s *Session) runExec(stream uint32, conn uint64, st *hostStream, start prot
 		<-outputs
 	}
 	exit := proc.Wait()
-	if timedOut != nil {
+	if timedOut != nil && exit.Signal == "SIGKILL" {
+		// Only when the timer's SIGKILL ended it: a timer that fired as
+		// the process was exiting on its own changes nothing.
 		select {
 		case <-timedOut:
 			s.mu.Lock()
