@@ -42,10 +42,10 @@ type Process struct {
 	exited chan struct{}
 
 	mu        sync.Mutex
-	startErr  error           // the Exec's failure, once started is closed
-	exit      protocol.Exit   // valid when waitErr is nil or a *GuestError
-	waitErr   error           // Wait's error
-	abandoned bool            // Exec gave up waiting, or Close was called
+	startErr  error         // the Exec's failure, once started is closed
+	exit      protocol.Exit // valid when waitErr is nil or a *GuestError
+	waitErr   error         // Wait's error
+	abandoned bool          // Exec gave up waiting, or Close was called
 	// lateErrs are the guest's errors after the start (ErrTimeout, an
 	// unknown signal…), in order.
 	lateErrs []*GuestError
