@@ -287,6 +287,9 @@ func (s *Session) serveConn() error {
 		case protocol.TypeStdin, protocol.TypeSignal, protocol.TypeResize, protocol.TypeData:
 			s.countActivity()
 			s.route(f)
+		case protocol.TypeError:
+			// On a session's stream, the host abandons it (streams.go).
+			s.route(f)
 		default:
 			if f.Type >= protocol.TypeExec {
 				// Traffic of a session (stdin, a signal) is the host's doing.

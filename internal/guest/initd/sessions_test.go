@@ -388,6 +388,21 @@ func TestSessionFileOperationsThroughTheHelper(t *testing.T) {
 	_, res = op(protocol.FileRequest{Op: protocol.FileUntar, Path: "/work/evil"}, tarOf(t, tarEntry{name: "../escaped", body: "x"}))
 	g.Expect(res.Error.Kind).To(Equal(protocol.ErrInvalid))
 	g.Expect(filepath.Join(root, "work/escaped")).NotTo(BeAnExistingFile())
+	// A host that gives up (a TypeError on the stream) kills a write cut
+	// short: it does not read as a success.
+	stream++
+	send(t, host, stream, protocol.TypeFile, protocol.FileRequest{Op: protocol.FileWrite, Path: "/work/partial"})
+	sendRaw(t, host, protocol.Frame{Stream: stream, Type: protocol.TypeData, Payload: []byte("half")})
+	send(t, host, stream, protocol.TypeError, protocol.Error{Message: "canceled by the host"})
+	for {
+		f := nextFrame(t, host, 10*time.Second)
+		if f.Stream == stream {
+			res := decodeAs[protocol.FileResult](g, f, protocol.TypeFileResult)
+			g.Expect(res.Error).NotTo(BeNil())
+			g.Expect(res.Error.Message).To(ContainSubstring("SIGKILL"))
+			break
+		}
+	}
 	// Symlinks resolve inside the root: /etc/link -> / reads the root's
 	// passwd, not this machine's.
 	g.Expect(os.Symlink("/", filepath.Join(root, "work/rootlink"))).To(Succeed())

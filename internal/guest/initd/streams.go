@@ -346,6 +346,9 @@ func (s *Session) execInput(stream uint32, st *hostStream, proc *ExecProcess) {
 			if err := proc.Signal(n); err != nil {
 				s.Logf("stream %d: sending %s: %v", stream, sig.Signal, err)
 			}
+		case protocol.TypeError:
+			// The host gave up on the session: its process goes.
+			proc.Kill()
 		case protocol.TypeResize:
 			var rs protocol.Resize
 			if err := protocol.Decode(f, &rs); err != nil || proc.Resize == nil {
@@ -410,9 +413,7 @@ func (s *Session) runFile(stream uint32, conn uint64, st *hostStream, start prot
 		return
 	}
 	s.setKill(st, proc.Kill)
-	if proc.Input != nil {
-		go s.fileInput(st, proc.Input)
-	}
+	go s.fileInbox(st, proc)
 	if proc.Output != nil {
 		s.pumpOutput(conn, stream, protocol.TypeData, proc.Output)
 		_ = s.sendData(conn, protocol.Frame{Stream: stream, Type: protocol.TypeData, Flags: protocol.FlagEnd})
@@ -421,33 +422,41 @@ func (s *Session) runFile(stream uint32, conn uint64, st *hostStream, start prot
 	s.closeStream(stream, st, protocol.TypeFileResult, res)
 }
 
-// fileInput writes a session's TypeData frames to in, closing it at
-// FlagEnd. After a failed write (the operation ended early) the rest is
-// dropped: the result tells the host why.
-func (s *Session) fileInput(st *hostStream, in io.WriteCloser) {
-	failed := false
+// fileInbox handles the host's frames of a file stream until it ends.
+// TypeData frames go to the operation's input, closed at FlagEnd; after a
+// failed write (the operation ended early) the rest is dropped, the result
+// tells the host why. A TypeError from the host (it gave up: its context
+// ended) kills the operation, so that a write cut short never reads as
+// complete (its FileResult reports the kill) and a read stops.
+func (s *Session) fileInbox(st *hostStream, proc *FileProcess) {
+	in := proc.Input
+	failed := in == nil
 	for {
 		var f protocol.Frame
 		select {
 		case f = <-st.inbox:
 		case <-st.done:
-			_ = in.Close()
+			if in != nil {
+				_ = in.Close()
+			}
 			return
 		}
-		if f.Type != protocol.TypeData {
+		if f.Type == protocol.TypeError {
+			proc.Kill()
 			continue
 		}
-		if !failed && len(f.Payload) > 0 {
+		if f.Type != protocol.TypeData || failed {
+			continue
+		}
+		if len(f.Payload) > 0 {
 			if _, err := in.Write(f.Payload); err != nil {
 				failed = true
 				_ = in.Close()
 			}
 		}
-		if f.Flags&protocol.FlagEnd != 0 {
-			if !failed {
-				_ = in.Close()
-			}
-			return
+		if f.Flags&protocol.FlagEnd != 0 && !failed {
+			_ = in.Close()
+			failed = true // nothing more to write
 		}
 	}
 }
