@@ -229,7 +229,8 @@ func newInitdEnv(t *testing.T) *initdEnv {
 		_ = e.conn.Close()
 		<-e.conn.Done()
 		select {
-		case <-served: // the port failed: nothing to say Hello to
+		case err := <-served: // the port failed: nothing to say Hello to
+			t.Logf("sandbox-init's Serve returned: %v", err)
 		case <-time.After(5 * time.Second):
 			t.Error("sandbox-init's Serve did not return within 5 s of the host's close")
 		}
