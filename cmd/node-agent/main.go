@@ -29,6 +29,8 @@ func main() {
 	flag.StringVar(&args.KVMPath, "kvm-device", args.KVMPath, "The KVM device.")
 	flag.StringVar(&args.Accelerator, "accelerator", args.Accelerator, "auto (KVM when /dev/kvm can create a VM, else TCG with --allow-emulation), kvm, or tcg.")
 	flag.StringVar(&args.QEMUBinary, "qemu", args.QEMUBinary, "The QEMU binary.")
+	flag.StringVar(&args.AccessAddr, "access-bind-address", "", "Where to serve the access API's backend (exec, logs, files, metrics) to the manager, with mutual TLS; empty serves none.")
+	flag.StringVar(&args.AccessAdvertise, "access-advertise-address", "", "The host:port the manager dials for the access API (default: --access-bind-address; port 0 means the one bound).")
 	flag.StringVar(&args.CgroupParent, "cgroup-parent", args.CgroupParent, "A cgroup v2 directory under which each VMM gets its own cgroup with the sandbox's CPU and memory limits (empty: VMMs stay in the agent's cgroup).")
 	flag.StringVar(&args.StateDir, "state-dir", args.StateDir, "Directory of the VMs' run directories, the image cache and the initramfs (empty: the agent runs no sandboxes).")
 	flag.StringVar(&args.ImageDir, "image-dir", args.ImageDir, "Root of the image cache (default <state-dir>/images).")

@@ -63,6 +63,12 @@ type Args struct {
 	// DaemonSet it must lie outside the agent container's cgroup, or a
 	// container restart kills the VMs with it.
 	CgroupParent string
+	// AccessAddr is where the agent serves the access API's backend
+	// (mutual TLS; "" serves none), and AccessAdvertise the host:port the
+	// manager dials (published in SandboxNode status.access; a port 0 is
+	// the one bound). The manager's client CA is read from the ConfigMap
+	// sandbox-access-client-ca in LeaseNamespace.
+	AccessAddr, AccessAdvertise string
 	// MetricsAddr and ProbeAddr are the manager's endpoints ("0" disables).
 	MetricsAddr, ProbeAddr string
 	// Labels are added to the SandboxNode, over the Node's labels.
@@ -190,6 +196,22 @@ func New(opts ...Option) (*Agent, error) {
 		if err := sr.SetupWithManager(mgr); err != nil {
 			cancel()
 			return nil, fmt.Errorf("failed to set up the Sandbox reconciler: %w", err)
+		}
+		if a.args.AccessAddr != "" {
+			advertise := a.args.AccessAdvertise
+			if advertise == "" {
+				advertise = a.args.AccessAddr
+			}
+			as, err := newAccessServer(sr, mgr.GetAPIReader(), a.args.LeaseNamespace, a.args.AccessAddr, advertise)
+			if err != nil {
+				cancel()
+				return nil, err
+			}
+			hb.access = &as.info
+			if err := mgr.Add(as); err != nil {
+				cancel()
+				return nil, err
+			}
 		}
 		// Directories of Sandboxes that left while the agent was down.
 		if err := mgr.Add(sr.sweeper(mgr.GetCache())); err != nil {

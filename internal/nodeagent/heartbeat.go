@@ -42,6 +42,9 @@ type heartbeat struct {
 	writer client.Client
 	args   Args
 	probe  func() Host
+	// access is the agent's access endpoint, published in status.access
+	// (nil: none).
+	access *sandboxv1alpha1.NodeAccess
 
 	registered atomic.Bool
 }
@@ -136,6 +139,9 @@ func (h *heartbeat) report(ctx context.Context, host Host, running bool) error {
 			WithReason(reason).WithMessage(msg).WithLastTransitionTime(h.transitionTime(ctx, status)))
 	if host.Accelerator != "" {
 		st.WithAccelerator(host.Accelerator)
+	}
+	if h.access != nil && running {
+		st.WithAccess(sandboxv1alpha1ac.NodeAccess().WithEndpoint(h.access.Endpoint).WithCertificate(h.access.Certificate))
 	}
 	if err := h.writer.Status().Apply(ctx, sandboxv1alpha1ac.SandboxNode(name).WithStatus(st),
 		client.FieldOwner(sandboxv1alpha1.NodeAgentFieldOwner), client.ForceOwnership); err != nil {
