@@ -233,3 +233,18 @@ func ptyControl(f *os.File, fn func(fd int) error) error {
 	}
 	return ferr
 }
+
+// RunExecIn is a Session.RunExec running exec sessions in root through the
+// exec helper. The running binary must dispatch ExecHelperArg0 as
+// cmd/sandbox-init does (a test binary, in its TestMain), and run as root.
+func RunExecIn(root string, logf func(string, ...any)) func(protocol.Start, protocol.Exec) (*ExecProcess, error) {
+	return func(st protocol.Start, ex protocol.Exec) (*ExecProcess, error) { return startExec(root, st, ex, logf) }
+}
+
+// RunFileIn is a Session.RunFile running file operations in root through
+// the file helper (FileHelperArg0, dispatched like ExecHelperArg0).
+func RunFileIn(root string, logf func(string, ...any)) func(protocol.Start, protocol.FileRequest) (*FileProcess, error) {
+	return func(st protocol.Start, req protocol.FileRequest) (*FileProcess, error) {
+		return startFile(root, st, req, logf)
+	}
+}

@@ -145,12 +145,10 @@ func serveRoot(t *testing.T, start protocol.Start) (*virtioPortSim, *Session, st
 		t.Fatal(err)
 	}
 	port, s, _ := serveSim(t, nil)
-	s.RunExec = func(_ protocol.Start, ex protocol.Exec) (*ExecProcess, error) {
-		return startExec(root, start, ex, t.Logf)
-	}
-	s.RunFile = func(_ protocol.Start, req protocol.FileRequest) (*FileProcess, error) {
-		return startFile(root, start, req, t.Logf)
-	}
+	// No Start is sent: the test's start stands in for the accepted one.
+	runExec, runFile := RunExecIn(root, t.Logf), RunFileIn(root, t.Logf)
+	s.RunExec = func(_ protocol.Start, ex protocol.Exec) (*ExecProcess, error) { return runExec(start, ex) }
+	s.RunFile = func(_ protocol.Start, req protocol.FileRequest) (*FileProcess, error) { return runFile(start, req) }
 	return port, s, root
 }
 
