@@ -510,7 +510,7 @@ func untar(dir string, in io.Reader) (int64, error) {
 			}
 			dirTimes = append(dirTimes, dirTime{target, hdr.ModTime})
 			continue
-		case tar.TypeReg, tar.TypeRegA:
+		case tar.TypeReg: // the reader reports the old TypeRegA as TypeReg
 			if err := removeNonDir(target); err != nil {
 				return cr.n, err
 			}

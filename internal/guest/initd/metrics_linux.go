@@ -13,7 +13,7 @@ func readMetrics(procDir, upperDir string) *protocol.Metrics {
 	readProcMetrics(procDir, m)
 	var st unix.Statfs_t
 	if err := unix.Statfs(upperDir, &st); err == nil {
-		bs := int64(st.Bsize)
+		bs := st.Bsize
 		m.UpperUsedBytes = (int64(st.Blocks) - int64(st.Bfree)) * bs
 		m.UpperFreeBytes = int64(st.Bavail) * bs
 	}

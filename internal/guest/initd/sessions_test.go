@@ -183,7 +183,7 @@ func TestSessionExecSessionsThroughTheHelper(t *testing.T) {
 		send(t, host, id, protocol.TypeExec, protocol.Exec{Argv: []string{"cat"}, Stdin: true, User: "root"})
 		sendStream(t, host, id, protocol.TypeStdin, data)
 		r := collectExec(t, g, host, id)
-		g.Expect(len(r.stdout)).To(Equal(len(data)))
+		g.Expect(r.stdout).To(HaveLen(len(data)))
 		g.Expect(sha(r.stdout)).To(Equal(sha(data)))
 		g.Expect(*r.exit).To(Equal(protocol.Exit{Code: 0}))
 	})

@@ -219,7 +219,7 @@ func checkSessions(t *testing.T, conn net.Conn) {
 	_, _ = rand.Read(data)
 	r := h.exec(protocol.Exec{Argv: []string{"cat"}}, data)
 	g.Expect(r.exit).To(Equal(&protocol.Exit{Code: 0}))
-	g.Expect(len(r.out)).To(Equal(len(data)))
+	g.Expect(r.out).To(HaveLen(len(data)))
 	g.Expect(sha256.Sum256(r.out)).To(Equal(sha256.Sum256(data)))
 	t.Logf("exec: %d bytes round-tripped through cat in %v", len(data), time.Since(t0).Round(time.Millisecond))
 
