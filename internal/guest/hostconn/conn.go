@@ -114,6 +114,17 @@ func (c *Conn) Err() error {
 	return c.err
 }
 
+// ActiveSessions counts the sessions open on the host's side: execs not
+// yet exited (or given up on but not yet exited), file operations not yet
+// answered. Unlike the guest's Heartbeat.ActiveSessions it is current even
+// while the reader waits for a slow consumer (heartbeats are not read
+// then), so an idle timeout should count it as activity too.
+func (c *Conn) ActiveSessions() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return len(c.streams)
+}
+
 // Close closes the connection and fails every open session. It does not
 // wait for the reader goroutine (so a callback may call it); Done does.
 func (c *Conn) Close() error {

@@ -327,10 +327,12 @@ func TestExecContext(t *testing.T) {
 		c, guest := newConn(t, hostconn.Options{})
 		p, err := c.Exec(context.Background(), protocol.Exec{Argv: []string{"sleep"}})
 		g.Expect(err).NotTo(HaveOccurred())
+		g.Expect(c.ActiveSessions()).To(Equal(1))
 		g.Expect(p.Close()).To(Succeed())
 		g.Eventually(guest.signals).Should(Receive(Equal(signalEvent{p2s(p), "SIGKILL"})))
 		exit, err := p.Wait()
 		g.Expect(err).NotTo(HaveOccurred())
 		g.Expect(exit.Signal).To(Equal("SIGKILL"))
+		g.Eventually(c.ActiveSessions).Should(BeZero())
 	})
 }
