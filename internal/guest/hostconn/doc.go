@@ -35,6 +35,17 @@
 // into their own bounded queue and close the session when that queue stays
 // full.
 //
+// Input has the mirror image of this: sandbox-init queues a few frames per
+// session and then stops reading the port until the process reads its
+// stdin, and a write blocked for Options.WriteTimeout ends the connection.
+// So a process that does not read its stdin while the host keeps sending
+// to it can end the whole connection after WriteTimeout. Only a window in
+// the protocol (none in version 1) would remove both limits.
+//
+// A reader that waits for a consumer reads no heartbeat either: a host
+// that measures idleness from heartbeats should also count
+// Conn.ActiveSessions.
+//
 // When the connection ends (the guest hung up, a write failed, Close was
 // called) every open session fails at once with an error that wraps
 // ErrClosed and the cause; output already buffered can still be read first.
