@@ -49,6 +49,7 @@ var busyboxApplets = []string{
 	"sh", "ash", "cat", "echo", "env", "hostname", "id", "ls", "mkdir", "pwd", "rm", "sleep",
 	"test", "touch", "true", "false", "uname", "whoami", "grep", "head", "tail", "wc", "ps",
 	"kill", "mount", "df", "du", "date", "sync", "printf", "readlink", "stat", "cut", "tr", "xargs",
+	"sha256sum", "md5sum", "stty", "tty", "dd", "cp", "mv", "ln", "chmod", "find", "tar", "seq", "yes",
 }
 
 // Busybox returns the files of a minimal Linux userland: the static busybox
