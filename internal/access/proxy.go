@@ -14,6 +14,7 @@ import (
 	"strings"
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apiserver/pkg/util/proxy"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
@@ -78,12 +79,26 @@ func (p *AgentProxy) Serve(w http.ResponseWriter, r *http.Request, t Target) {
 		}
 		return
 	}
+	query := r.URL.RawQuery
+	if t.Subresource == "exec" || t.Subresource == "attach" {
+		opts := streamOptions(r.URL.Query())
+		query = agentStreamQuery(r.URL.Query(), opts).Encode()
+		if isWebSocket(r) {
+			// client-go's websocket executor speaks v5.channel.k8s.io; the
+			// agent, like the kubelet, speaks SPDY: translate here, as the
+			// kube-apiserver does for the kubelet.
+			loc := *target
+			loc.Path, loc.RawQuery = AgentPath(string(sbx.UID), t.Subresource), query
+			proxy.NewStreamTranslatorHandler(&loc, transport, 0, opts).ServeHTTP(w, r)
+			return
+		}
+	}
 	rp := &httputil.ReverseProxy{
 		Rewrite: func(pr *httputil.ProxyRequest) {
 			pr.SetURL(target)
 			pr.Out.URL.Path = AgentPath(string(sbx.UID), t.Subresource)
 			pr.Out.URL.RawPath = ""
-			pr.Out.URL.RawQuery = pr.In.URL.RawQuery
+			pr.Out.URL.RawQuery = query
 			for name := range pr.Out.Header {
 				if l := strings.ToLower(name); l == "authorization" || strings.HasPrefix(l, "x-remote-") || strings.HasPrefix(l, "impersonate-") {
 					pr.Out.Header.Del(name)
@@ -131,6 +146,38 @@ func (p *AgentProxy) agent(ctx context.Context, node string) (*url.URL, http.Rou
 		},
 	}
 	return &url.URL{Scheme: "https", Host: acc.Endpoint}, &http.Transport{TLSClientConfig: cfg, ForceAttemptHTTP2: false}, nil
+}
+
+// streamOptions reads the streams a public exec or attach request asks
+// for, with PodExecOptions' parameter names (stdin, stdout, stderr, tty:
+// "true" or "1").
+func streamOptions(q url.Values) proxy.Options {
+	on := func(k string) bool { v := q.Get(k); return v == "true" || v == "1" }
+	o := proxy.Options{Stdin: on("stdin"), Stdout: on("stdout"), Stderr: on("stderr"), Tty: on("tty")}
+	if o.Tty {
+		o.Stderr = false // a tty merges stderr into stdout
+	}
+	return o
+}
+
+// agentStreamQuery is the node agent's (the kubelet's) form of a stream
+// request: the command and input/output/error/tty as "1".
+func agentStreamQuery(in url.Values, o proxy.Options) url.Values {
+	q := url.Values{}
+	for _, c := range in["command"] {
+		q.Add("command", c)
+	}
+	for k, on := range map[string]bool{"input": o.Stdin, "output": o.Stdout, "error": o.Stderr, "tty": o.Tty} {
+		if on {
+			q.Set(k, "1")
+		}
+	}
+	return q
+}
+
+func isWebSocket(r *http.Request) bool {
+	return strings.EqualFold(r.Header.Get("Upgrade"), "websocket") &&
+		strings.Contains(strings.ToLower(r.Header.Get("Connection")), "upgrade")
 }
 
 func phaseOf(sbx *sandboxv1alpha1.Sandbox) string {

@@ -117,8 +117,8 @@ func TestAgentProxy(t *testing.T) {
 
 	code, body := serve(p, "box", "exec", http.Header{"Authorization": {"Bearer secret"}, "X-Remote-User": {"alice"}})
 	g.Expect(code).To(Equal(http.StatusOK), body)
-	g.Expect(body).To(Equal("/v1/sandboxes/uid-box/exec?command=id&command=-u&tty=true Authorization=,X-Remote-User=,X-Sandbox-User=alice,X-Sandbox-Name=team/box cn=sandbox-manager"),
-		"by UID, query kept, credentials and front-proxy headers dropped, the manager's certificate presented")
+	g.Expect(body).To(Equal("/v1/sandboxes/uid-box/exec?command=id&command=-u&tty=1 Authorization=,X-Remote-User=,X-Sandbox-User=alice,X-Sandbox-Name=team/box cn=sandbox-manager"),
+		"by UID, the stream options in the kubelet's form, credentials and front-proxy headers dropped, the manager's certificate presented")
 
 	code, body = serve(p, "stopped", "exec", nil)
 	g.Expect(code).To(Equal(http.StatusBadRequest))
