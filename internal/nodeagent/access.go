@@ -214,6 +214,9 @@ func (e guestExecutor) ExecInContainer(ctx context.Context, _, _, _ string, cmd 
 		return err
 	}
 	defer func() { _ = p.Close() }()
+	// A client that goes away must not leave the session's output unread:
+	// that would stall every session of the VM's connection.
+	defer context.AfterFunc(ctx, func() { _ = p.Close() })()
 	var wg sync.WaitGroup
 	if in != nil {
 		go func() {
@@ -241,7 +244,9 @@ func (e guestExecutor) ExecInContainer(ctx context.Context, _, _, _ string, cmd 
 		if dst == nil {
 			dst = io.Discard
 		}
-		_, _ = io.Copy(dst, src)
+		if _, err := io.Copy(dst, src); err != nil {
+			_ = p.Close() // the client is gone: discard the rest
+		}
 	}
 	wg.Add(2)
 	go copyOut(out, p.Stdout)

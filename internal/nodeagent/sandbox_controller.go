@@ -327,6 +327,11 @@ func (r *SandboxReconciler) observe(sbx *sandboxv1alpha1.Sandbox, st *sandboxSta
 	var res ctrl.Result
 	if !stopWanted && !snap.stopAsked && h.idleTimeout > 0 && vm.State == sandboxv1alpha1.VMRunning {
 		idle := time.Since(snap.lastActivity)
+		if gc := h.Guest(); gc != nil && gc.ActiveSessions() > 0 {
+			// Sessions open on this side count even while heartbeats are
+			// not read (a slow client stalls the connection's reader).
+			idle = 0
+		}
 		if idle >= h.idleTimeout {
 			stopWanted, why = true, sandboxv1alpha1.TerminationIdleTimeout
 		} else {

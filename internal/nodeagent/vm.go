@@ -195,7 +195,11 @@ func (h *vmHandle) talk(ctx context.Context, trigger func()) {
 		h.mu.Lock()
 		h.guest = gc
 		h.mu.Unlock()
+		// The agent stopping (ctx) ends the connection even if it raced
+		// with watch's closeGuest before h.guest was set.
+		stop := context.AfterFunc(ctx, func() { _ = gc.Close() })
 		<-gc.Done()
+		stop()
 		h.mu.Lock()
 		if h.guest == gc {
 			h.guest = nil
