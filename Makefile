@@ -26,7 +26,7 @@ help: ## Show this help.
 
 .PHONY: manifests
 manifests: tools ## Generate CRDs (config/crd/bases) and RBAC (config/rbac) from markers.
-	$(CONTROLLER_GEN) rbac:roleName=manager-role crd paths="./api/..." paths="./internal/controller/..." \
+	$(CONTROLLER_GEN) rbac:roleName=manager-role crd paths="./api/..." paths="./internal/controller/..." paths="./internal/access/..." \
 		output:crd:artifacts:config=config/crd/bases output:rbac:artifacts:config=config/rbac
 	$(CONTROLLER_GEN) rbac:roleName=node-agent-role paths="./internal/nodeagent/..." \
 		output:rbac:artifacts:config=config/rbac/node-agent

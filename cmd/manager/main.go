@@ -21,6 +21,7 @@ import (
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
 	sandboxv1alpha1 "github.com/microvm-dev/sandbox-operator/api/v1alpha1"
+	"github.com/microvm-dev/sandbox-operator/internal/access"
 	"github.com/microvm-dev/sandbox-operator/internal/controller"
 	"github.com/microvm-dev/sandbox-operator/internal/placement"
 )
@@ -41,6 +42,7 @@ func main() {
 		enableLeaderElection                                            bool
 		nodeLostGrace, restartBackoff, maxRestartBackoff, assumeTTL     time.Duration
 		workers, qps, burst                                             int
+		accessOpts                                                      access.Options
 	)
 	flag.StringVar(&metricsAddr, "metrics-bind-address", ":8080", "The address the Prometheus metrics endpoint binds to (0 disables it).")
 	flag.StringVar(&probeAddr, "health-probe-bind-address", ":8081", "The address the health probe endpoint binds to.")
@@ -54,6 +56,10 @@ func main() {
 	flag.IntVar(&workers, "max-concurrent-reconciles", 8, "Sandbox reconcile workers.")
 	flag.IntVar(&qps, "kube-api-qps", 200, "Queries per second to the API server.")
 	flag.IntVar(&burst, "kube-api-burst", 400, "Burst of queries to the API server.")
+	flag.StringVar(&accessOpts.BindAddress, "access-bind-address", "", "Where to serve the access API (exec, logs, files, metrics of sandboxes) to the kube-apiserver's aggregation layer; empty serves none.")
+	flag.StringVar(&accessOpts.ServiceName, "access-service", "sandbox-access", "The Service in front of the access API (in --lease-namespace), which the APIService points at.")
+	flag.IntVar(&accessOpts.ServicePort, "access-service-port", 0, "The Service's port (default: the bound port).")
+	flag.BoolVar(&accessOpts.RegisterAPIService, "access-register-apiservice", true, "Create or update the APIService v1alpha1.subresources.sandbox.microvm.dev with this process's serving CA.")
 	opts := zap.Options{Development: true}
 	opts.BindFlags(flag.CommandLine)
 	flag.Parse()
@@ -107,6 +113,21 @@ func main() {
 	if err := metrics.Registry.Register(controller.NewPhaseCollector(mgr.GetCache())); err != nil {
 		setupLog.Error(err, "Failed to register the phase collector")
 		os.Exit(1)
+	}
+
+	if accessOpts.BindAddress != "" {
+		accessOpts.Namespace = leaseNamespace
+		// Uncached: the access API reads a few ConfigMaps and Secrets once;
+		// the manager must not cache every one in the cluster.
+		direct, err := client.New(cfg, client.Options{Scheme: scheme})
+		if err != nil {
+			setupLog.Error(err, "Failed to create the access API's client")
+			os.Exit(1)
+		}
+		if err := mgr.Add(&access.Runnable{Client: direct, Reader: mgr.GetClient(), Opts: accessOpts}); err != nil {
+			setupLog.Error(err, "Failed to set up the access API")
+			os.Exit(1)
+		}
 	}
 
 	if err := mgr.AddHealthzCheck("healthz", healthz.Ping); err != nil {
