@@ -98,7 +98,7 @@ func TestAccessServerExecsInTheGuest(t *testing.T) {
 		c := &rest.Config{Host: "https://" + sn.Status.Access.Endpoint,
 			TLSClientConfig: rest.TLSClientConfig{CAData: []byte(sn.Status.Access.Certificate), ServerName: "127.0.0.1"}}
 		if pair != nil {
-			c.TLSClientConfig.CertData, c.TLSClientConfig.KeyData = pair.CertPEM, pair.KeyPEM
+			c.CertData, c.KeyData = pair.CertPEM, pair.KeyPEM
 		}
 		return c
 	}
