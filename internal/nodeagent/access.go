@@ -16,6 +16,7 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/types"
 	remotecommandserver "k8s.io/cri-streaming/pkg/streaming/remotecommand"
 	utilexec "k8s.io/utils/exec"
@@ -173,6 +174,13 @@ func (s *accessServer) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 		}
 		remotecommandserver.ServeExec(w, req, guestExecutor{h: h}, h.key.Name, uid, "", cmd, opts,
 			execIdleTimeout, remotecommandserver.DefaultStreamCreationTimeout, remotecommandserver.SupportedStreamingProtocols)
+	case "files":
+		gc := h.Guest()
+		if gc == nil {
+			writeStatus(w, apierrors.NewServiceUnavailable("the sandbox's guest agent is not connected"))
+			return
+		}
+		serveFiles(w, req, gc)
 	case "metrics":
 		h.mu.Lock()
 		m := h.metrics

@@ -5,6 +5,9 @@ import (
 	"context"
 	"crypto/sha256"
 	"errors"
+	"fmt"
+	"io"
+	"net/http"
 	"net/url"
 	"os"
 	"strings"
@@ -137,6 +140,43 @@ func TestAccessServerExecsInTheGuest(t *testing.T) {
 	g.Expect(err).NotTo(HaveOccurred())
 	sum := sha256.Sum256(payload)
 	g.Expect(strings.TrimSpace(out)).To(Equal(hexString(sum[:])), "stdin streamed through the guest intact")
+
+	// Files, over plain HTTP requests (the manager's proxy passes them
+	// through): a 10 MiB write and read back, stat, list, mkdir and clear
+	// errors.
+	mgrTLS, err := rest.TLSConfigFor(mgr)
+	g.Expect(err).NotTo(HaveOccurred())
+	hc := &http.Client{Transport: &http.Transport{TLSClientConfig: mgrTLS}}
+	fileOp := func(method string, q url.Values, body io.Reader) (int, []byte) {
+		u := &url.URL{Scheme: "https", Host: sn.Status.Access.Endpoint, Path: access.AgentPath(string(s.UID), "files"), RawQuery: q.Encode()}
+		req, err := http.NewRequest(method, u.String(), body)
+		g.Expect(err).NotTo(HaveOccurred())
+		resp, err := hc.Do(req)
+		g.Expect(err).NotTo(HaveOccurred())
+		defer func() { _ = resp.Body.Close() }()
+		b, err := io.ReadAll(resp.Body)
+		g.Expect(err).NotTo(HaveOccurred())
+		return resp.StatusCode, b
+	}
+	big := bytes.Repeat([]byte("sandbox-files-"), 10<<20/14)
+	code, body := fileOp(http.MethodPost, url.Values{"op": {"write"}, "path": {"/tmp/big.bin"}}, bytes.NewReader(big))
+	g.Expect(code).To(Equal(http.StatusOK), "%s", body)
+	code, body = fileOp(http.MethodGet, url.Values{"op": {"read"}, "path": {"/tmp/big.bin"}}, nil)
+	g.Expect(code).To(Equal(http.StatusOK))
+	g.Expect(sha256.Sum256(body)).To(Equal(sha256.Sum256(big)), "10 MiB round trip")
+	code, body = fileOp(http.MethodGet, url.Values{"op": {"stat"}, "path": {"/tmp/big.bin"}}, nil)
+	g.Expect(code).To(Equal(http.StatusOK))
+	g.Expect(string(body)).To(ContainSubstring(fmt.Sprintf(`"size":%d`, len(big))))
+	code, _ = fileOp(http.MethodPost, url.Values{"op": {"mkdir"}, "path": {"/tmp/a/b"}, "recursive": {"true"}}, nil)
+	g.Expect(code).To(Equal(http.StatusOK))
+	code, body = fileOp(http.MethodGet, url.Values{"op": {"list"}, "path": {"/tmp/a"}}, nil)
+	g.Expect(code).To(Equal(http.StatusOK))
+	g.Expect(string(body)).To(ContainSubstring(`"name":"b"`))
+	code, body = fileOp(http.MethodGet, url.Values{"op": {"read"}, "path": {"/no/such/file"}}, nil)
+	g.Expect(code).To(Equal(http.StatusNotFound), "%s", body)
+	g.Expect(string(body)).To(ContainSubstring("/no/such/file"))
+	code, _ = fileOp(http.MethodGet, url.Values{"op": {"write"}, "path": {"/tmp/x"}}, nil)
+	g.Expect(code).To(Equal(http.StatusMethodNotAllowed), "changes need POST (RBAC create)")
 
 	// Without the manager's client certificate the TLS handshake fails.
 	_, _, err = run(restFor(nil), nil, "true")
