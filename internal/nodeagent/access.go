@@ -10,6 +10,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"os"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -151,8 +152,18 @@ func (s *accessServer) loadClientCA(ctx context.Context) error {
 func (s *accessServer) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 	rest, ok := strings.CutPrefix(req.URL.Path, "/v1/sandboxes/")
 	uid, sub, ok2 := strings.Cut(rest, "/")
-	if !ok || !ok2 {
+	if !ok || !ok2 || !validUID(uid) {
 		http.NotFound(w, req)
+		return
+	}
+	if sub == "log" {
+		// Logs outlive the VM: read them from the sandbox's directory.
+		dir := s.r.runDir(types.UID(uid))
+		if _, err := os.Stat(dir); err != nil {
+			writeStatus(w, apierrors.NewNotFound(protocolResource, uid))
+			return
+		}
+		serveLog(w, req, dir)
 		return
 	}
 	h := s.r.handleOf(types.UID(uid))
@@ -194,6 +205,20 @@ func (s *accessServer) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 	default:
 		http.Error(w, "unknown subresource "+sub, http.StatusNotFound)
 	}
+}
+
+// validUID accepts what the API server makes UIDs of (a UUID): it names a
+// directory, so nothing like ".." may pass.
+func validUID(s string) bool {
+	if s == "" || len(s) > 64 {
+		return false
+	}
+	for _, r := range s {
+		if (r < '0' || r > '9') && (r < 'a' || r > 'f') && r != '-' {
+			return false
+		}
+	}
+	return true
 }
 
 // handleOf returns the VM handle of the sandbox with uid, if one runs.

@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"net/url"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -43,7 +44,7 @@ func TestAccessServerExecsInTheGuest(t *testing.T) {
 	initBin := buildSandboxInit(t, work)
 	files, err := devimage.Busybox("")
 	g.Expect(err).NotTo(HaveOccurred())
-	img, err := devimage.Image(files, v1.Config{Cmd: []string{"/bin/sh", "-c", "exec sleep 3600"}})
+	img, err := devimage.Image(files, v1.Config{Cmd: []string{"/bin/sh", "-c", "echo started as $(id -un); echo to stderr >&2; i=0; while true; do i=$((i+1)); echo tick $i; sleep 1; done"}})
 	g.Expect(err).NotTo(HaveOccurred())
 	reg, err := devimage.Serve("127.0.0.1:0")
 	g.Expect(err).NotTo(HaveOccurred())
@@ -177,6 +178,38 @@ func TestAccessServerExecsInTheGuest(t *testing.T) {
 	g.Expect(string(body)).To(ContainSubstring("/no/such/file"))
 	code, _ = fileOp(http.MethodGet, url.Values{"op": {"write"}, "path": {"/tmp/x"}}, nil)
 	g.Expect(code).To(Equal(http.StatusMethodNotAllowed), "changes need POST (RBAC create)")
+
+	// Logs: the main process's output, kept on the node; tail, timestamps
+	// and follow.
+	logURL := func(q url.Values) string {
+		return (&url.URL{Scheme: "https", Host: sn.Status.Access.Endpoint, Path: access.AgentPath(string(s.UID), "log"), RawQuery: q.Encode()}).String()
+	}
+	g.Eventually(func(g Gomega) {
+		resp, err := hc.Get(logURL(nil))
+		g.Expect(err).NotTo(HaveOccurred())
+		b, _ := io.ReadAll(resp.Body)
+		_ = resp.Body.Close()
+		// stdout and stderr are separate pipes: their relative order is not kept.
+		g.Expect(string(b)).To(And(ContainSubstring("started as root\n"), ContainSubstring("to stderr\n"), ContainSubstring("tick 1\n")))
+	}).WithTimeout(10 * time.Second).Should(Succeed(), func() string {
+		raw, _ := os.ReadFile(filepath.Join(stateDir, "vms", string(s.UID), "logs", "output.log"))
+		console, _ := os.ReadFile(filepath.Join(stateDir, "vms", string(s.UID), "console.log"))
+		return "output.log:\n" + string(raw) + "\nconsole:\n" + string(console)
+	})
+	resp, err := hc.Get(logURL(url.Values{"tailLines": {"1"}, "timestamps": {"true"}}))
+	g.Expect(err).NotTo(HaveOccurred())
+	b, _ := io.ReadAll(resp.Body)
+	_ = resp.Body.Close()
+	g.Expect(string(b)).To(MatchRegexp(`^\d{4}-\d\d-\d\dT[0-9:.]+Z tick \d+\n$`), "one line, timestamped")
+	fctx, fcancel := context.WithTimeout(ctx, 3500*time.Millisecond)
+	freq, err := http.NewRequestWithContext(fctx, http.MethodGet, logURL(url.Values{"follow": {"true"}, "tailLines": {"0"}}), nil)
+	g.Expect(err).NotTo(HaveOccurred())
+	resp, err = hc.Do(freq)
+	g.Expect(err).NotTo(HaveOccurred())
+	followed, _ := io.ReadAll(resp.Body) // until fctx ends
+	_ = resp.Body.Close()
+	fcancel()
+	g.Expect(strings.Count(string(followed), "tick ")).To(BeNumerically(">=", 2), "lines written while following arrive live: %q", followed)
 
 	// Without the manager's client certificate the TLS handshake fails.
 	_, _, err = run(restFor(nil), nil, "true")

@@ -512,6 +512,7 @@ func (r *SandboxReconciler) boot(ctx context.Context, sbx *sandboxv1alpha1.Sandb
 	}
 	h := r.newHandle(j, vm, dir)
 	h.config = &plan.start
+	r.attachLog(ctx, h, fmt.Sprintf("run %d: VM started (pid %d)", j.Run, h.pid))
 	st.handle = h
 	st.report.VM.State = sandboxv1alpha1.VMBooting
 	st.report.VM.PID = h.pid
@@ -560,6 +561,7 @@ func (r *SandboxReconciler) adopt(ctx context.Context, sbx *sandboxv1alpha1.Sand
 	}
 	h := r.newHandle(j, vm, dir)
 	h.adopted = true
+	r.attachLog(ctx, h, fmt.Sprintf("run %d: VM re-adopted after a node agent restart (pid %d)", j.Run, h.pid))
 	if vmStatus := st.report.VM; vmStatus.State == sandboxv1alpha1.VMDraining {
 		// The earlier agent was stopping it: finish the stop.
 		h.stopAsked, h.stopWhy = true, stopReason(sbx)
@@ -596,8 +598,8 @@ func clearRunFiles(dir string) error {
 		return err
 	}
 	for _, e := range entries {
-		if filepath.Ext(e.Name()) == ".ext4" {
-			continue
+		if filepath.Ext(e.Name()) == ".ext4" || e.Name() == logsDir {
+			continue // disks and logs outlive runs
 		}
 		if err := os.RemoveAll(filepath.Join(dir, e.Name())); err != nil {
 			return err

@@ -18,6 +18,7 @@ import (
 	sandboxv1alpha1 "github.com/microvm-dev/sandbox-operator/api/v1alpha1"
 	"github.com/microvm-dev/sandbox-operator/internal/guest/hostconn"
 	"github.com/microvm-dev/sandbox-operator/internal/guest/protocol"
+	"github.com/microvm-dev/sandbox-operator/internal/sandboxlog"
 	"github.com/microvm-dev/sandbox-operator/internal/vmm"
 )
 
@@ -49,6 +50,8 @@ type vmHandle struct {
 
 	// output receives the main process's output (nil: dropped).
 	output func(stderr bool, data []byte)
+	// log is the sandbox's output log (nil: none), closed when the VM exits.
+	log *sandboxlog.Writer
 
 	mu        sync.Mutex
 	guest     *hostconn.Conn // the current connection to the guest agent, nil between connections
@@ -138,6 +141,10 @@ func (h *vmHandle) watch(ctx context.Context, notify chan<- event.GenericEvent) 
 	h.closeGuest()
 	<-talkDone
 	_ = h.vm.Close()
+	if h.log != nil {
+		_ = h.log.Write(sandboxlog.SourceSystem, 0, []byte(fmt.Sprintf("run %d: VM exited\n", h.run)))
+		_ = h.log.Close()
+	}
 	trigger()
 }
 
