@@ -191,7 +191,7 @@ func TestAccessServerExecsInTheGuest(t *testing.T) {
 		_ = resp.Body.Close()
 		// stdout and stderr are separate pipes: their relative order is not kept.
 		g.Expect(string(b)).To(And(ContainSubstring("started as root\n"), ContainSubstring("to stderr\n"), ContainSubstring("tick 1\n")))
-	}).WithTimeout(10 * time.Second).Should(Succeed(), func() string {
+	}).WithTimeout(10*time.Second).Should(Succeed(), func() string {
 		raw, _ := os.ReadFile(filepath.Join(stateDir, "vms", string(s.UID), "logs", "output.log"))
 		console, _ := os.ReadFile(filepath.Join(stateDir, "vms", string(s.UID), "console.log"))
 		return "output.log:\n" + string(raw) + "\nconsole:\n" + string(console)
