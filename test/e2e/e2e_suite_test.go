@@ -23,7 +23,11 @@
 //     from an in-memory registry on 127.0.0.1. It needs bin/sandbox-init,
 //     bin/guest (`make guest-kernel`), qemu-system-x86_64, mkfs.ext4 and a
 //     static busybox (hack/setup.sh), and fails, rather than skips,
-//     without them.
+//     without them. Its manager also serves the access API
+//     (access_test.go): the API server runs with the aggregation layer
+//     configured (a front-proxy CA and client certificate), and reaches
+//     the manager on loopback through an ExternalName Service; users
+//     alice and bob exec in a Running sandbox with client-go's executor.
 //
 // Run it with `make test-e2e`, or after `make build guest-kernel`:
 //
@@ -54,6 +58,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 
 	sandboxv1alpha1 "github.com/microvm-dev/sandbox-operator/api/v1alpha1"
+	"github.com/microvm-dev/sandbox-operator/internal/access"
 	"github.com/microvm-dev/sandbox-operator/pkg/client/clientset/versioned"
 )
 
@@ -148,13 +153,14 @@ var _ = BeforeSuite(func() {
 	utilruntime.Must(clientgoscheme.AddToScheme(scheme))
 	utilruntime.Must(sandboxv1alpha1.AddToScheme(scheme))
 
-	By("starting kube-apiserver and etcd with the CRDs")
+	By("starting kube-apiserver (with the aggregation layer: front-proxy CA and client certificate) and etcd with the CRDs")
 	testEnv = &envtest.Environment{
 		CRDDirectoryPaths:     []string{filepath.Join("..", "..", "config", "crd", "bases")},
 		ErrorIfCRDPathMissing: true,
 		BinaryAssetsDirectory: assets,
 		Scheme:                scheme,
 	}
+	configureAggregation(testEnv, workDir)
 	_, err = testEnv.Start()
 	Expect(err).NotTo(HaveOccurred())
 
@@ -184,6 +190,32 @@ var _ = BeforeSuite(func() {
 	Expect(k8sClient.Create(context.Background(), &corev1.Namespace{
 		ObjectMeta: metav1.ObjectMeta{Name: leaseNamespace}})).To(Succeed())
 })
+
+// configureAggregation sets up the API server's aggregation layer, as a
+// cluster's control plane has it: a front-proxy (requestheader) CA it
+// trusts for X-Remote-User/Group headers, and a client certificate from
+// that CA it presents to aggregated API servers (the manager's access API,
+// which reads the CA from kube-system/extension-apiserver-authentication).
+func configureAggregation(env *envtest.Environment, dir string) {
+	GinkgoHelper()
+	frontCA, err := access.NewCA("e2e-front-proxy-ca", 24*time.Hour)
+	Expect(err).NotTo(HaveOccurred())
+	proxyClient, err := frontCA.IssueClient("front-proxy-client", nil, 24*time.Hour)
+	Expect(err).NotTo(HaveOccurred())
+	write := func(name string, b []byte) string {
+		p := filepath.Join(dir, name)
+		Expect(os.WriteFile(p, b, 0o600)).To(Succeed())
+		return p
+	}
+	env.ControlPlane.GetAPIServer().Configure().
+		Set("requestheader-client-ca-file", write("front-proxy-ca.crt", frontCA.CertPEM)).
+		Set("requestheader-allowed-names", "front-proxy-client").
+		Set("requestheader-username-headers", "X-Remote-User").
+		Set("requestheader-group-headers", "X-Remote-Group").
+		Set("requestheader-extra-headers-prefix", "X-Remote-Extra-").
+		Set("proxy-client-cert-file", write("front-proxy-client.crt", proxyClient.CertPEM)).
+		Set("proxy-client-key-file", write("front-proxy-client.key", proxyClient.KeyPEM))
+}
 
 var _ = AfterSuite(func() {
 	agents.stop()

@@ -33,6 +33,7 @@ var busyboxCandidates = []string{"/bin/busybox", "/usr/bin/busybox"}
 var busyboxApplets = []string{
 	"sh", "id", "hostname", "cat", "ls", "pwd", "sleep", "echo", "env", "test",
 	"readlink", "true", "false", "mkdir", "touch", "whoami", "uname",
+	"sha256sum", "stty", // the access API's exec specs
 }
 
 // testImage is the image the VM specs boot: a static busybox with its

@@ -54,9 +54,10 @@ func (a *agentProcess) console(uid types.UID) string {
 	return string(b)
 }
 
-// logContains reports whether the agent's log has a line holding all of subs.
-func (a *agentProcess) logContains(subs ...string) bool {
-	b, err := os.ReadFile(a.logPath)
+// logContains reports whether the process's log has a line holding all of
+// subs.
+func (m *process) logContains(subs ...string) bool {
+	b, err := os.ReadFile(m.logPath)
 	if err != nil {
 		return false
 	}

@@ -18,15 +18,19 @@ import (
 	. "github.com/onsi/ginkgo/v2"
 	. "github.com/onsi/gomega"
 	coordinationv1 "k8s.io/api/coordination/v1"
+	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 
 	sandboxv1alpha1 "github.com/microvm-dev/sandbox-operator/api/v1alpha1"
+	"github.com/microvm-dev/sandbox-operator/internal/access"
 	"github.com/microvm-dev/sandbox-operator/internal/vmm"
 )
 
@@ -92,7 +96,9 @@ var _ = NodeAgentVMSpec(NodeAgentVMSpecInput{
 // previous one left:
 //
 //	agents registered → probe (its entrypoint reports its configuration)
-//	and crasher Running on different nodes → crasher's QEMU killed: Crashed,
+//	and crasher Running on different nodes → exec in probe through the
+//	access API (accessSpecs: the kube-apiserver's aggregation, the manager,
+//	probe's agent) → crasher's QEMU killed: Crashed,
 //	then restarted → probe's agent killed and restarted: the VM is
 //	re-adopted, and run directories left by Sandboxes that are not on the
 //	node any more are swept → probe stopped through its guest → probe moved
@@ -136,6 +142,9 @@ func nodeAgentVMSpecs(input NodeAgentVMSpecInput) {
 		failed   bool
 
 		probeNode, otherNode string
+		// accessPort is the manager's access API port on 127.0.0.1 (and
+		// its ExternalName Service's).
+		accessPort int
 		// timings reported at the end (and as report entries).
 		timingsMu sync.Mutex
 		timings   []string
@@ -222,7 +231,16 @@ func nodeAgentVMSpecs(input NodeAgentVMSpecInput) {
 		fmt.Fprintf(&nodesYAML, "---\napiVersion: v1\nkind: Namespace\nmetadata:\n  name: %s\n", vmNamespace)
 		mustKubectl("apply", "-f", writeManifest("vm-nodes.yaml", nodesYAML.String()))
 
-		By("starting bin/manager as a process, as its ServiceAccount, with leader election")
+		accessPort = freeLoopbackPort()
+		By("creating Service " + leaseNamespace + "/" + accessServiceName + " (ExternalName localhost, port " + fmt.Sprint(accessPort) +
+			"): the kube-apiserver's aggregator reaches the manager's access API through it")
+		Expect(k8sClient.Create(ctx, &corev1.Service{
+			ObjectMeta: metav1.ObjectMeta{Name: accessServiceName, Namespace: leaseNamespace},
+			Spec: corev1.ServiceSpec{Type: corev1.ServiceTypeExternalName, ExternalName: "localhost",
+				Ports: []corev1.ServicePort{{Port: int32(accessPort), TargetPort: intstr.FromInt32(int32(accessPort))}}},
+		})).To(Succeed())
+
+		By("starting bin/manager as a process, as its ServiceAccount, with leader election and the access API")
 		prevLeader := leaderHolder(ctx, Default)
 		vmMgr = &process{
 			name:        "the manager",
@@ -240,6 +258,10 @@ func nodeAgentVMSpecs(input NodeAgentVMSpecInput) {
 			"--health-probe-bind-address=" + vmMgr.healthAddr,
 			"--node-lost-grace=" + nodeLostGrace.String(),
 			"--restart-backoff=" + input.RestartBackoff.String(),
+			// --access-service defaults to sandbox-access and
+			// --access-register-apiservice to true: the manager registers
+			// the APIService with its serving CA.
+			fmt.Sprintf("--access-bind-address=127.0.0.1:%d", accessPort),
 		}
 		vmMgr.start()
 		vmMgr.waitReady(30 * time.Second)
@@ -275,6 +297,8 @@ func nodeAgentVMSpecs(input NodeAgentVMSpecInput) {
 				"--sandbox-init=" + initBin,
 				"--metrics-bind-address=0",
 				"--health-probe-bind-address=" + a.healthAddr,
+				// Published in SandboxNode status.access (port 0: the one bound).
+				"--access-bind-address=127.0.0.1:0",
 			}
 			agentsOn[n] = a
 			a.start()
@@ -374,6 +398,20 @@ func nodeAgentVMSpecs(input NodeAgentVMSpecInput) {
 		}
 		if reg != nil {
 			reg.Close()
+		}
+		if testEnv != nil {
+			// Without its manager the APIService is unavailable: remove it
+			// and its Service, so that later containers' discovery (kubectl)
+			// does not trip over it.
+			apiService := &unstructured.Unstructured{}
+			apiService.SetGroupVersionKind(apiServiceGVK)
+			apiService.SetName(access.Version + "." + access.Group)
+			for _, obj := range []client.Object{apiService,
+				&corev1.Service{ObjectMeta: metav1.ObjectMeta{Name: accessServiceName, Namespace: leaseNamespace}}} {
+				if err := k8sClient.Delete(ctx, obj); err != nil && !apierrors.IsNotFound(err) {
+					errs = append(errs, fmt.Sprintf("deleting %T %s: %v", obj, obj.GetName(), err))
+				}
+			}
 		}
 		timingsMu.Lock()
 		fmt.Fprintf(GinkgoWriter, "VM timings:\n  %s\n", strings.Join(timings, "\n  "))
@@ -531,6 +569,19 @@ func nodeAgentVMSpecs(input NodeAgentVMSpecInput) {
 			"dir":    "yes",          // Mkdir patch
 			"script": "hi-from-script",
 		}), "the probe's view of its configuration; console:\n%s", a.console(s.UID))
+	})
+
+	accessSpecs(AccessSpecInput{
+		Namespace:      vmNamespace,
+		Sandbox:        probe,
+		Hostname:       "e2e-probe",
+		Manager:        func() *process { return vmMgr },
+		Agent:          func(node string) *agentProcess { return agentsOn[node] },
+		Timing:         timing,
+		StdinBytes:     10 << 20,
+		TTYRows:        30,
+		TTYCols:        100,
+		ExecRoundTrips: 10,
 	})
 
 	It("reports kill -9 of a VM's QEMU as Crashed within 2 s, with the crash in the Ready condition", func() {
