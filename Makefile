@@ -80,11 +80,12 @@ bench: control-plane guest-kernel build ## Run benchmarks (placement; boot: appl
 ##@ Build
 
 .PHONY: build
-build: ## Build the manager, the guest agent (static) and tools into bin/.
+build: ## Build the manager, the node agent, the guest agent (static), the kubectl-sandbox plugin and tools into bin/.
 	go build -o $(BIN)/manager ./cmd/manager
 	CGO_ENABLED=0 go build -o $(BIN)/sandbox-init ./cmd/sandbox-init
 	go build -o $(BIN)/node-agent ./cmd/node-agent
 	go build -o $(BIN)/watch-example ./examples/watch
+	go build -o $(BIN)/kubectl-sandbox ./cmd/kubectl-sandbox
 
 .PHONY: dev
 dev: control-plane guest-kernel build ## Run it locally: kube-apiserver + etcd, CRDs, manager, a SandboxNode and a sample.
