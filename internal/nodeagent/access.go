@@ -35,6 +35,8 @@ const (
 	accessCertValidity = 365 * 24 * time.Hour
 	// clientCARefresh is how often the manager's client CA is read again.
 	clientCARefresh = 30 * time.Second
+	// initialSizeWait bounds the wait for a tty client's first window size.
+	initialSizeWait = 500 * time.Millisecond
 	// execIdleTimeout closes an exec stream without traffic for this long.
 	execIdleTimeout = 4 * time.Hour
 )
@@ -242,6 +244,18 @@ func (e guestExecutor) ExecInContainer(ctx context.Context, _, _, _ string, cmd 
 		return errors.New("the sandbox's guest agent is not connected")
 	}
 	req := protocol.Exec{Argv: cmd, Tty: tty, Stdin: in != nil, TimeoutMillis: timeout.Milliseconds()}
+	if tty && resize != nil {
+		// Clients send the terminal's size first thing: open the pty at that
+		// size, or a quick command would see the default 24x80.
+		select {
+		case size, ok := <-resize:
+			if ok {
+				req.Rows, req.Cols = size.Height, size.Width
+			}
+		case <-time.After(initialSizeWait):
+		case <-ctx.Done():
+		}
+	}
 	p, err := gc.Exec(ctx, req)
 	if err != nil {
 		return err
