@@ -24,6 +24,7 @@ import (
 	utilexec "k8s.io/utils/exec"
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	ctrlmetrics "sigs.k8s.io/controller-runtime/pkg/metrics"
 
 	sandboxv1alpha1 "github.com/microvm-dev/sandbox-operator/api/v1alpha1"
 	"github.com/microvm-dev/sandbox-operator/internal/access"
@@ -210,6 +211,28 @@ func TestAccessServerExecsInTheGuest(t *testing.T) {
 	_ = resp.Body.Close()
 	fcancel()
 	g.Expect(strings.Count(string(followed), "tick ")).To(BeNumerically(">=", 2), "lines written while following arrive live: %q", followed)
+
+	// The guest's metrics on the agent's Prometheus registry, labelled by
+	// the Sandbox.
+	g.Eventually(func(g Gomega) {
+		families, err := ctrlmetrics.Registry.Gather()
+		g.Expect(err).NotTo(HaveOccurred())
+		found := map[string]float64{}
+		for _, f := range families {
+			for _, m := range f.GetMetric() {
+				labels := map[string]string{}
+				for _, l := range m.GetLabel() {
+					labels[l.GetName()] = l.GetValue()
+				}
+				if labels["namespace"] == ns && labels["name"] == "box" {
+					found[f.GetName()] = m.GetGauge().GetValue() + m.GetCounter().GetValue()
+				}
+			}
+		}
+		g.Expect(found).To(HaveKeyWithValue("sandbox_guest_memory_total_bytes", BeNumerically(">", 100<<20)))
+		g.Expect(found).To(HaveKeyWithValue("sandbox_guest_cpu_seconds_total", BeNumerically(">", 0)))
+		g.Expect(found).To(HaveKeyWithValue("sandbox_guest_uptime_seconds", BeNumerically(">", 0)))
+	}).WithTimeout(10 * time.Second).Should(Succeed())
 
 	// Without the manager's client certificate the TLS handshake fails.
 	_, _, err = run(restFor(nil), nil, "true")

@@ -120,6 +120,7 @@ func newSandboxReconciler(ctx context.Context, c client.Client, reader client.Re
 	}
 	host := args.probe()
 	r.accel, r.accelErr = host.Accelerator, host.KVMError
+	trackMetrics(r)
 	if r.accel == sandboxv1alpha1.AcceleratorTCG {
 		if r.tscKHz, err = vmm.HostTSCkHz(); err != nil {
 			return nil, fmt.Errorf("failed to read the host's TSC frequency for TCG: %w", err)
