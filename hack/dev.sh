@@ -36,7 +36,8 @@ cleanup() {
 trap cleanup EXIT INT TERM
 
 go build -o bin/devenv ./hack/devenv
-bin/devenv --kubeconfig-out "$KUBECONFIG_FILE" >"$DEV_DIR/devenv.log" 2>&1 &
+ACCESS_PORT=${DEV_ACCESS_PORT:-8443}
+bin/devenv --kubeconfig-out "$KUBECONFIG_FILE" --access-port "$ACCESS_PORT" >"$DEV_DIR/devenv.log" 2>&1 &
 pids+=($!)
 for _ in $(seq 1 120); do
   [ -s "$KUBECONFIG_FILE" ] && break
@@ -46,11 +47,15 @@ done
 [ -s "$KUBECONFIG_FILE" ] || { echo "control plane did not start; see $DEV_DIR/devenv.log" >&2; exit 1; }
 export KUBECONFIG="$PWD/$KUBECONFIG_FILE"
 
+# The access API (kubectl sandbox exec/logs/cp) on 127.0.0.1:$ACCESS_PORT, behind the
+# kube-apiserver's aggregation layer.
 bin/manager --kubeconfig "$KUBECONFIG" --leader-elect --lease-namespace sandbox-system \
+  --access-bind-address "127.0.0.1:$ACCESS_PORT" \
   --metrics-bind-address 127.0.0.1:8080 --health-probe-bind-address 127.0.0.1:8081 >"$DEV_DIR/manager.log" 2>&1 &
 pids+=($!)
 
-vm_flags=(--state-dir "$DEV_DIR/state" --kernel bin/guest/vmlinux --sandbox-init bin/sandbox-init --guest-modules bin/guest/modules)
+vm_flags=(--state-dir "$DEV_DIR/state" --kernel bin/guest/vmlinux --sandbox-init bin/sandbox-init --guest-modules bin/guest/modules
+  --access-bind-address 127.0.0.1:0)
 # DEV_VMS=0: register the node and heartbeat only (no pulls, no VMs).
 [ "${DEV_VMS:-1}" = 0 ] && vm_flags=()
 # --reserve-cpus 0: on a 2-CPU machine the two samples that run need both vCPUs.
@@ -72,6 +77,8 @@ Use it with:
   export KUBECONFIG=$KUBECONFIG
   $KUBECTL get sandboxes,sandboxnodes -A
   $KUBECTL explain sandbox.spec.runtime
+  bin/kubectl-sandbox exec -it busybox-local -- /bin/sh
+  bin/kubectl-sandbox logs -f busybox-local
 
 The node agent registers this machine as SandboxNode "local", pulls each placed Sandbox's
 image and boots it as a QEMU microVM (TCG emulation; DEV_ACCELERATOR=auto uses KVM where it works).
@@ -97,6 +104,15 @@ if [ "${DEV_SMOKE:-0}" = 1 ]; then
     done
     [ "$local_phase" = Running ] || { echo "smoke: busybox-local phase '$local_phase', want Running" >&2; "$KUBECTL" get sandbox busybox-local -o yaml >&2; tail -20 "$DEV_DIR/node-agent.log" >&2; exit 1; }
     echo "smoke: busybox-local is Running in a microVM"
+    # The access API: exec through the kube-apiserver, the manager and the agent.
+    who=""
+    for _ in $(seq 1 60); do
+      who=$(bin/kubectl-sandbox exec busybox-local -- id -un 2>>"$DEV_DIR/smoke.err" || true)
+      [ "$who" = app ] && break
+      sleep 0.5
+    done
+    [ "$who" = app ] || { echo "smoke: kubectl sandbox exec busybox-local -- id -un printed '$who', want app" >&2; tail -5 "$DEV_DIR/smoke.err" >&2; tail -20 "$DEV_DIR/manager.log" >&2; exit 1; }
+    echo "smoke: kubectl sandbox exec reaches the guest (user $who)"
   fi
   parked=$("$KUBECTL" get sandbox busybox-parked -o jsonpath='{.status.phase}')
   [ "$parked" = "Created" ] || { echo "smoke: busybox-parked phase '$parked', want Created" >&2; exit 1; }
