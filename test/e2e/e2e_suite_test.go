@@ -27,7 +27,10 @@
 //     (access_test.go): the API server runs with the aggregation layer
 //     configured (a front-proxy CA and client certificate), and reaches
 //     the manager on loopback through an ExternalName Service; users
-//     alice and bob exec in a Running sandbox with client-go's executor.
+//     alice and bob exec in a Running sandbox with client-go's executor,
+//     and alice runs bin/kubectl-sandbox (plugin_test.go) with a
+//     kubeconfig of her own: exec -it on a pty the test opens, cp, the
+//     file commands, logs -f across a restart of the sandbox's agent.
 //
 // Run it with `make test-e2e`, or after `make build guest-kernel`:
 //

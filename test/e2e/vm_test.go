@@ -98,10 +98,12 @@ var _ = NodeAgentVMSpec(NodeAgentVMSpecInput{
 //	agents registered → probe (its entrypoint reports its configuration)
 //	and crasher Running on different nodes → exec in probe through the
 //	access API (accessSpecs: the kube-apiserver's aggregation, the manager,
-//	probe's agent) → crasher's QEMU killed: Crashed,
+//	probe's agent) → bin/kubectl-sandbox as alice in probe (pluginSpecs:
+//	exec -it on a test pty, cp, ls/stat/mkdir/mv/rm, logs -f of probe's
+//	"tick N" lines) → crasher's QEMU killed: Crashed,
 //	then restarted → probe's agent killed and restarted: the VM is
 //	re-adopted, and run directories left by Sandboxes that are not on the
-//	node any more are swept → probe stopped through its guest → probe moved
+//	node any more are swept → a new logs -f follows probe again → probe stopped through its guest → probe moved
 //	to the other node for run 2: nothing of run 1 stays on the old node →
 //	fails exits 3 → deletions leave nothing behind → no request was
 //	refused under config/rbac.
@@ -125,7 +127,7 @@ func nodeAgentVMSpecs(input NodeAgentVMSpecInput) {
 	vmNamespace, nodeNames := input.Namespace, input.Nodes
 	probeGraceSeconds := input.StopGraceSeconds
 	const (
-		probe       = "probe"   // reports its configuration; outlives an agent restart; stopped; moved
+		probe       = "probe"   // reports its configuration, then prints "tick N" every second; outlives an agent restart; stopped; moved
 		crasher     = "crasher" // its QEMU is killed; restartPolicy OnFailure; deleted while running
 		fails       = "fails"   // exits 3
 		tokenSecret = "e2e-token"
@@ -461,7 +463,7 @@ func nodeAgentVMSpecs(input NodeAgentVMSpecInput) {
     cmd:
     - |
       echo "E2E user=$(id -u):$(id -g) whoami=$(whoami) host=$(hostname) pwd=$(pwd) env=$GREETING secret=$TOKEN nofile=$(ulimit -n)/$(ulimit -Hn) patch=$(cat /etc/e2e.txt) append=$(cat /etc/e2e-append.txt) link=$(readlink /etc/e2e-link) dir=$(test -d /srv/e2e/data && echo yes || echo no) script=$(hello)"
-      exec sleep 3600
+      i=0; while :; do i=$((i+1)); echo "tick $i"; sleep 1; done
     workdir: /home/app
     user: app
     hostname: e2e-probe
@@ -583,6 +585,8 @@ func nodeAgentVMSpecs(input NodeAgentVMSpecInput) {
 		TTYCols:        100,
 		ExecRoundTrips: 10,
 	})
+
+	plugin := pluginSpecs(PluginSpecInput{Namespace: vmNamespace, Sandbox: probe, Timing: timing})
 
 	It("reports kill -9 of a VM's QEMU as Crashed within 2 s, with the crash in the Ready condition", func() {
 		cur := watch.latest(crasher)
@@ -723,6 +727,8 @@ func nodeAgentVMSpecs(input NodeAgentVMSpecInput) {
 		}
 		fmt.Fprintf(GinkgoWriter, "the watch delivered %d events of probe from the kill on, all Running with pid %d\n", len(seen), pid)
 	})
+
+	pluginLogsAfterRestartSpec(plugin)
 
 	It("stops the re-adopted VM through its guest on spec.state: Stopped", func() {
 		a := agentsOn[probeNode]
