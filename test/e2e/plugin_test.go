@@ -315,6 +315,7 @@ func pluginSpecs(input PluginSpecInput) *pluginState {
 			for _, args := range [][]string{{"ls", target("/nonexistent")}, {"stat", target("/nonexistent")},
 				{"cp", target("/nonexistent"), GinkgoT().TempDir()}, {"rm", target("/nonexistent")}} {
 				out, code := plugin(args...)
+				fmt.Fprintf(GinkgoWriter, "kubectl-sandbox %s → exit %d: %s", strings.Join(args, " "), code, out)
 				Expect(code).NotTo(BeZero(), "%v:\n%s", args, out)
 				Expect(strings.ToLower(out)).To(And(ContainSubstring("no such file"), ContainSubstring("/nonexistent")), "%v", args)
 				Expect(strings.Count(strings.TrimSpace(out), "\n")).To(BeNumerically("<", 3), "%v: a short message, not a dump:\n%s", args, out)
@@ -324,6 +325,7 @@ func pluginSpecs(input PluginSpecInput) *pluginState {
 			for _, args := range [][]string{{"ls", target("/root")}, {"cp", target("/root/.profile"), GinkgoT().TempDir()},
 				{"cp", filepath.Join(GinkgoT().TempDir()), target("/root/")}, {"mkdir", target("/etc/forbidden")}} {
 				out, code := plugin(args...)
+				fmt.Fprintf(GinkgoWriter, "kubectl-sandbox %s → exit %d: %s", strings.Join(args, " "), code, out)
 				Expect(code).NotTo(BeZero(), "%v:\n%s", args, out)
 				Expect(strings.ToLower(out)).To(ContainSubstring("permission denied"), "%v", args)
 			}
