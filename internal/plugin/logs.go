@@ -1,15 +1,19 @@
 package plugin
 
 import (
+	"bufio"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
 	"net/url"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 )
 
 type logsOptions struct {
@@ -88,15 +92,100 @@ func (l *logsOptions) run(ctx context.Context, sandbox string, q url.Values) err
 	if err != nil {
 		return err
 	}
-	if l.follow {
-		// A followed log has no end: the client's timeout must not cut it.
-		c.http.Timeout = 0
-	}
-	resp, err := c.do(ctx, http.MethodGet, t, "log", q, nil)
-	if err != nil {
+	if !l.follow {
+		resp, err := c.do(ctx, http.MethodGet, t, "log", q, nil)
+		if err != nil {
+			return err
+		}
+		defer func() { _ = resp.Body.Close() }()
+		_, err = io.Copy(l.Out, resp.Body)
 		return err
 	}
-	defer func() { _ = resp.Body.Close() }()
-	_, err = io.Copy(l.Out, resp.Body)
-	return err
+	// A followed log has no end: the client's timeout must not cut it.
+	c.http.Timeout = 0
+	return l.follow_(ctx, c, t, q)
+}
+
+// reconnectFor bounds how long a follow keeps trying to reconnect after
+// its stream broke (the node agent restarting takes about a second).
+const reconnectFor = time.Minute
+
+// follow_ streams the log and, when the stream breaks (a node agent
+// restart, a manager failover), reconnects from the time of the last line
+// it printed, so that nothing is lost or printed twice. It asks the server
+// for timestamps to know where it is, and strips them unless --timestamps.
+func (l *logsOptions) follow_(ctx context.Context, c *accessClient, t target, q url.Values) error {
+	q.Set("timestamps", "true")
+	var last string // timestamp of the last line printed
+	sameTS := 0     // lines printed with that timestamp
+	var failingSince time.Time
+	for {
+		resp, err := c.do(ctx, http.MethodGet, t, "log", q, nil)
+		if err == nil {
+			failingSince = time.Time{}
+			skip := 0
+			if last != "" {
+				skip = sameTS // the since bound is inclusive: those lines come again
+			}
+			r := bufio.NewReader(resp.Body)
+			for {
+				line, rerr := r.ReadString('\n')
+				if rerr != nil {
+					// A partial line at a break is read again after reconnecting.
+					err = rerr
+					break
+				}
+				ts, rest, ok := strings.Cut(line, " ")
+				if _, perr := time.Parse(time.RFC3339Nano, ts); !ok || perr != nil {
+					rest, ts = line, "" // not a timestamped line: print it as it is
+				}
+				if ts == last && skip > 0 {
+					skip--
+					continue
+				}
+				skip = 0
+				if ts == last {
+					sameTS++
+				} else {
+					last, sameTS = ts, 1
+				}
+				out := rest
+				if l.timestamps {
+					out = line
+				}
+				if _, werr := io.WriteString(l.Out, out); werr != nil {
+					_ = resp.Body.Close()
+					return werr
+				}
+			}
+			_ = resp.Body.Close()
+			if errors.Is(err, io.EOF) {
+				// The server ended the stream cleanly: nothing more to follow.
+				return nil
+			}
+		}
+		if ctx.Err() != nil {
+			return nil
+		}
+		var st apierrors.APIStatus
+		if errors.As(err, &st) && st.Status().Code == http.StatusNotFound {
+			return err // the sandbox is gone
+		}
+		if failingSince.IsZero() {
+			failingSince = time.Now()
+			_, _ = fmt.Fprintf(l.ErrOut, "log stream interrupted (%v); reconnecting\n", err)
+		} else if time.Since(failingSince) > reconnectFor {
+			return fmt.Errorf("the log stream broke and did not come back within %v: %w", reconnectFor, err)
+		}
+		if last != "" {
+			q.Del("tailLines")
+			q.Del("sinceSeconds")
+			q.Set("sinceTime", last)
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(time.Second):
+		}
+	}
 }

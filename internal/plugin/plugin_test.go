@@ -148,7 +148,8 @@ func TestLogsMapsFlags(t *testing.T) {
 		err  string
 	}{
 		{name: "no flags: the whole log", want: url.Values{}},
-		{name: "follow and tail", args: []string{"-f", "--tail", "20"}, want: url.Values{"follow": {"true"}, "tailLines": {"20"}}},
+		// Following asks for timestamps (to resume after a break) and strips them.
+		{name: "follow and tail", args: []string{"-f", "--tail", "20"}, want: url.Values{"follow": {"true"}, "tailLines": {"20"}, "timestamps": {"true"}}},
 		{name: "tail 0", args: []string{"--tail=0"}, want: url.Values{"tailLines": {"0"}}},
 		{name: "since rounds up to seconds", args: []string{"--since", "1500ms"}, want: url.Values{"sinceSeconds": {"2"}}},
 		{name: "since 5m", args: []string{"--since", "5m", "--timestamps"}, want: url.Values{"sinceSeconds": {"300"}, "timestamps": {"true"}}},
@@ -174,6 +175,33 @@ func TestLogsMapsFlags(t *testing.T) {
 			g.Expect(p.stdout.String()).To(Equal("line 1\nline 2\n"))
 		})
 	}
+}
+
+// TestLogsFollowResumesAfterABreak: a followed stream that breaks (the
+// node agent restarted) is reopened from the last line's time, without
+// losing or repeating lines.
+func TestLogsFollowResumesAfterABreak(t *testing.T) {
+	g := NewWithT(t)
+	api := newStandInAPI(t)
+	const t1, t2, t3 = "2026-11-28T20:00:01.000000001Z", "2026-11-28T20:00:02.000000002Z", "2026-11-28T20:00:03.000000003Z"
+	calls := 0
+	var sinceSeen string
+	api.handle["log"] = func(w http.ResponseWriter, r *http.Request) {
+		calls++
+		if calls == 1 {
+			_, _ = w.Write([]byte(t1 + " a\n" + t2 + " b1\n" + t2 + " b2\n" + t3 + " partial"))
+			w.(http.Flusher).Flush()
+			panic(http.ErrAbortHandler) // the stream breaks mid-line
+		}
+		sinceSeen = r.URL.Query().Get("sinceTime")
+		// The since bound is inclusive: the lines of t2 come again.
+		_, _ = w.Write([]byte(t2 + " b1\n" + t2 + " b2\n" + t3 + " partial line\n"))
+	}
+	p := newPluginRun(t, api.srv.URL, "")
+	g.Expect(p.run("logs", "-f", "dev")).To(Succeed())
+	g.Expect(calls).To(Equal(2))
+	g.Expect(sinceSeen).To(Equal(t2))
+	g.Expect(p.stdout.String()).To(Equal("a\nb1\nb2\npartial line\n"))
 }
 
 func TestStatusErrorsAreSurfaced(t *testing.T) {
