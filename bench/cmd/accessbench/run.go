@@ -77,7 +77,6 @@ type bench struct {
 	upPlugin, upDirect, downPlugin, downDirect []float64
 	// seconds per copy
 	upPluginS, upDirectS, downPluginS, downDirectS []float64
-	order                                          []string
 	bootMs                                         float64
 	tmpFS                                          string
 	machine                                        string
@@ -223,12 +222,12 @@ func run(ctx context.Context, c config) (err error) {
 			return false, nil
 		}
 		if s.Status.Phase == sandboxv1alpha1.PhaseCrashed {
-			return false, fmt.Errorf("Sandbox crashed: %+v", s.Status)
+			return false, fmt.Errorf("the Sandbox crashed: %+v", s.Status)
 		}
 		b.sandbox = s
 		return s.Status.Phase == sandboxv1alpha1.PhaseRunning, nil
 	}); err != nil {
-		return fmt.Errorf("Sandbox not Running: %w (see %s)", err, b.work)
+		return fmt.Errorf("the Sandbox is not Running: %w (see %s)", err, b.work)
 	}
 	b.bootMs = msOf(time.Since(start))
 	logf("Sandbox Running after %.0f ms (uid %s, node %s)", b.bootMs, b.sandbox.UID, b.sandbox.Status.NodeName)
