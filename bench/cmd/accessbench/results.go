@@ -1,18 +1,14 @@
 package main
 
 import (
-	"bytes"
-	"encoding/json"
-	"errors"
 	"fmt"
-	"io/fs"
 	"math"
-	"os"
-	"path/filepath"
 	goruntime "runtime"
 	"slices"
 	"strings"
 	"time"
+
+	"github.com/microvm-dev/sandbox-operator/bench/internal/results"
 )
 
 // goalRatio is the issue's goal for the exec round trip over the direct
@@ -23,17 +19,8 @@ const goalRatio = 2.0
 // replaces those and keeps every other.
 var resultPrefixes = []string{"exec/", "files/"}
 
-// entry is one element of results.json (the other bench tools write the
-// same shape).
-type entry struct {
-	Name     string  `json:"name"`
-	Unit     string  `json:"unit"`
-	Median   float64 `json:"median"`
-	P99      float64 `json:"p99"`
-	Baseline float64 `json:"baseline"`
-	Ratio    float64 `json:"ratio"`
-	Command  string  `json:"command"`
-}
+// entry is one figure of bench/results.json.
+type entry = results.Entry
 
 type stat struct {
 	n                     int
@@ -217,112 +204,18 @@ func secs(v []float64) string {
 	return strings.Join(parts, ", ")
 }
 
-// write merges the entries into results.json (others are kept; these
-// replace earlier ones in place) and rewrites results.md's table and the
-// access section.
+// write replaces this tool's entries in dir's results.json and its
+// section of results.md.
 func (r *report) write(dir string) error {
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return err
-	}
-	jsonPath := filepath.Join(dir, "results.json")
-	var existing []json.RawMessage
-	if b, err := os.ReadFile(jsonPath); err == nil {
-		if err := json.Unmarshal(b, &existing); err != nil {
-			return fmt.Errorf("%s is not a JSON list: %w", jsonPath, err)
-		}
-	} else if !errors.Is(err, fs.ErrNotExist) {
-		return err
-	}
-	var merged []json.RawMessage
-	inserted := false
-	mine := func() error {
-		for _, e := range r.entries() {
-			b, err := json.Marshal(e)
-			if err != nil {
-				return err
-			}
-			merged = append(merged, b)
-		}
-		inserted = true
-		return nil
-	}
-	for _, raw := range existing {
-		var head struct {
-			Name string `json:"name"`
-		}
-		_ = json.Unmarshal(raw, &head)
-		if slices.ContainsFunc(resultPrefixes, func(p string) bool { return strings.HasPrefix(head.Name, p) }) {
-			if !inserted {
-				if err := mine(); err != nil {
-					return err
-				}
-			}
-			continue
-		}
-		merged = append(merged, raw)
-	}
-	if !inserted {
-		if err := mine(); err != nil {
-			return err
-		}
-	}
-	out, err := json.MarshalIndent(merged, "", "  ")
-	if err != nil {
-		return err
-	}
-	if err := os.WriteFile(jsonPath, append(out, '\n'), 0o644); err != nil {
-		return err
-	}
-	var all []map[string]any
-	if err := json.Unmarshal(out, &all); err != nil {
-		return err
-	}
-	mdPath := filepath.Join(dir, "results.md")
-	old, err := os.ReadFile(mdPath)
-	if err != nil && !errors.Is(err, fs.ErrNotExist) {
-		return err
-	}
-	md := string(old)
-	if !strings.Contains(md, tableBegin) || !strings.Contains(md, tableEnd) {
-		md = "# Benchmark results\n\nWritten by `make bench`; " +
-			"`ratio` is median / baseline (lower is better for every entry here).\n\n" +
-			tableBegin + "\n" + tableEnd + "\n"
-	}
-	md = replaceSection(md, tableBegin, tableEnd, table(all))
-	md = replaceSection(md, accessBegin, accessEnd, r.markdown())
-	return os.WriteFile(mdPath, []byte(md), 0o644)
+	return results.Write(dir, func(name string) bool {
+		return slices.ContainsFunc(resultPrefixes, func(p string) bool { return strings.HasPrefix(name, p) })
+	}, r.entries(), accessBegin, accessEnd, r.markdown())
 }
 
+// This tool's section of results.md.
 const (
-	tableBegin  = "<!-- results-table:begin -->"
-	tableEnd    = "<!-- results-table:end -->"
 	accessBegin = "<!-- access:begin -->"
 	accessEnd   = "<!-- access:end -->"
 )
-
-// replaceSection replaces what lies between begin and end, appending the
-// section when it is missing.
-func replaceSection(doc, begin, end, body string) string {
-	i, j := strings.Index(doc, begin), strings.Index(doc, end)
-	if i < 0 || j < i {
-		if !strings.HasSuffix(doc, "\n") {
-			doc += "\n"
-		}
-		return doc + "\n" + begin + "\n" + body + end + "\n"
-	}
-	return doc[:i+len(begin)] + "\n" + body + doc[j:]
-}
-
-// table is the results table, in placebench's format.
-func table(all []map[string]any) string {
-	var b bytes.Buffer
-	b.WriteString("| name | unit | median | p99 | baseline | ratio | command |\n")
-	b.WriteString("|---|---|---:|---:|---:|---:|---|\n")
-	for _, e := range all {
-		fmt.Fprintf(&b, "| %v | %v | %v | %v | %v | %v | `%v` |\n",
-			e["name"], e["unit"], e["median"], e["p99"], e["baseline"], e["ratio"], e["command"])
-	}
-	return b.String()
-}
 
 func numCPU() int { return goruntime.NumCPU() }

@@ -1,19 +1,14 @@
 package main
 
 import (
-	"bytes"
-	"encoding/json"
-	"errors"
 	"fmt"
-	"io/fs"
 	"math"
-	"os"
-	"path/filepath"
 	"slices"
 	"strings"
 	"time"
 
 	sandboxv1alpha1 "github.com/microvm-dev/sandbox-operator/api/v1alpha1"
+	"github.com/microvm-dev/sandbox-operator/bench/internal/results"
 )
 
 // goalRatio is the issue's goal for apply→Running over a bare boot.
@@ -23,17 +18,8 @@ const goalRatio = 1.15
 // replaces those entries and keeps every other.
 const resultPrefix = "boot/"
 
-// entry is one element of results.json (bench/cmd/placebench writes the
-// same shape).
-type entry struct {
-	Name     string  `json:"name"`
-	Unit     string  `json:"unit"`
-	Median   float64 `json:"median"`
-	P99      float64 `json:"p99"`
-	Baseline float64 `json:"baseline"`
-	Ratio    float64 `json:"ratio"`
-	Command  string  `json:"command"`
-}
+// entry is one figure of bench/results.json.
+type entry = results.Entry
 
 // stat is a sample set's median and p99.
 type stat struct {
@@ -278,113 +264,14 @@ func (r *report) stageLine() string {
 	return strings.Join(parts, ", ")
 }
 
-// write merges the boot entries into results.json (others are kept, the
-// boot entries replace earlier ones in place) and rewrites results.md's
-// table and its boot section.
+// write replaces this tool's entries in dir's results.json and its
+// section of results.md.
 func (r *report) write(dir string) error {
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return err
-	}
-	jsonPath := filepath.Join(dir, "results.json")
-	var existing []json.RawMessage
-	if b, err := os.ReadFile(jsonPath); err == nil {
-		if err := json.Unmarshal(b, &existing); err != nil {
-			return fmt.Errorf("%s is not a JSON list: %w", jsonPath, err)
-		}
-	} else if !errors.Is(err, fs.ErrNotExist) {
-		return err
-	}
-	var merged []json.RawMessage
-	inserted := false
-	mine := func() error {
-		for _, e := range r.entries() {
-			b, err := json.Marshal(e)
-			if err != nil {
-				return err
-			}
-			merged = append(merged, b)
-		}
-		inserted = true
-		return nil
-	}
-	for _, raw := range existing {
-		var head struct {
-			Name string `json:"name"`
-		}
-		_ = json.Unmarshal(raw, &head)
-		if strings.HasPrefix(head.Name, resultPrefix) {
-			if !inserted {
-				if err := mine(); err != nil {
-					return err
-				}
-			}
-			continue
-		}
-		merged = append(merged, raw)
-	}
-	if !inserted {
-		if err := mine(); err != nil {
-			return err
-		}
-	}
-	out, err := json.MarshalIndent(merged, "", "  ")
-	if err != nil {
-		return err
-	}
-	if err := os.WriteFile(jsonPath, append(out, '\n'), 0o644); err != nil {
-		return err
-	}
-
-	var all []map[string]any
-	if err := json.Unmarshal(out, &all); err != nil {
-		return err
-	}
-	mdPath := filepath.Join(dir, "results.md")
-	old, err := os.ReadFile(mdPath)
-	if err != nil && !errors.Is(err, fs.ErrNotExist) {
-		return err
-	}
-	md := string(old)
-	if !strings.Contains(md, tableBegin) || !strings.Contains(md, tableEnd) {
-		md = "# Benchmark results\n\nWritten by `make bench`; " +
-			"`ratio` is median / baseline (lower is better for every entry here).\n\n" +
-			tableBegin + "\n" + tableEnd + "\n"
-	}
-	md = replaceSection(md, tableBegin, tableEnd, table(all))
-	md = replaceSection(md, bootBegin, bootEnd, r.markdown())
-	return os.WriteFile(mdPath, []byte(md), 0o644)
+	return results.Write(dir, func(name string) bool { return strings.HasPrefix(name, resultPrefix) }, r.entries(), bootBegin, bootEnd, r.markdown())
 }
 
-// The markers are shared with bench/cmd/placebench (the table) or this
-// tool's own (its section).
+// This tool's section of results.md.
 const (
-	tableBegin = "<!-- results-table:begin -->"
-	tableEnd   = "<!-- results-table:end -->"
-	bootBegin  = "<!-- boot:begin -->"
-	bootEnd    = "<!-- boot:end -->"
+	bootBegin = "<!-- boot:begin -->"
+	bootEnd   = "<!-- boot:end -->"
 )
-
-// replaceSection replaces what lies between begin and end, appending the
-// section when it is missing.
-func replaceSection(doc, begin, end, body string) string {
-	i, j := strings.Index(doc, begin), strings.Index(doc, end)
-	if i < 0 || j < i {
-		if !strings.HasSuffix(doc, "\n") {
-			doc += "\n"
-		}
-		return doc + "\n" + begin + "\n" + body + end + "\n"
-	}
-	return doc[:i+len(begin)] + "\n" + body + doc[j:]
-}
-
-// table is the results table, in placebench's format.
-func table(all []map[string]any) string {
-	var b bytes.Buffer
-	b.WriteString("| name | unit | median | p99 | baseline | ratio | command |\n")
-	b.WriteString("|---|---|---:|---:|---:|---:|---|\n")
-	for _, e := range all {
-		fmt.Fprintf(&b, "| %v | %v | %v | %v | %v | %v | `%v` |\n",
-			e["name"], e["unit"], e["median"], e["p99"], e["baseline"], e["ratio"], e["command"])
-	}
-	return b.String()
-}

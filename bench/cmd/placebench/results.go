@@ -1,12 +1,8 @@
 package main
 
 import (
-	"bytes"
 	"cmp"
-	"encoding/json"
-	"errors"
 	"fmt"
-	"io/fs"
 	"math"
 	"os"
 	"path/filepath"
@@ -14,6 +10,8 @@ import (
 	"slices"
 	"strings"
 	"time"
+
+	"github.com/microvm-dev/sandbox-operator/bench/internal/results"
 )
 
 // Goals the placement entries are judged against.
@@ -24,16 +22,8 @@ const (
 	command       = "make bench"
 )
 
-// entry is one line of results.json.
-type entry struct {
-	Name     string  `json:"name"`
-	Unit     string  `json:"unit"`
-	Median   float64 `json:"median"`
-	P99      float64 `json:"p99"`
-	Baseline float64 `json:"baseline"`
-	Ratio    float64 `json:"ratio"`
-	Command  string  `json:"command"`
-}
+// entry is one figure of bench/results.json.
+type entry = results.Entry
 
 type report struct {
 	cfg         config
@@ -255,104 +245,17 @@ func overcommitVerdict(maxN, slots int) string {
 	return "no node over its slots"
 }
 
-// write merges the placement entries into results.json (other entries are
-// kept) and rewrites results.md's table and placement section.
+// write replaces this tool's entries in dir's results.json and its
+// section of results.md.
 func (r *report) write(dir string) error {
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return err
-	}
-	jsonPath := filepath.Join(dir, "results.json")
-	var existing []json.RawMessage
-	if b, err := os.ReadFile(jsonPath); err == nil {
-		if err := json.Unmarshal(b, &existing); err != nil {
-			return fmt.Errorf("%s is not a JSON list: %w", jsonPath, err)
-		}
-	} else if !errors.Is(err, fs.ErrNotExist) {
-		return err
-	}
-	var merged []json.RawMessage
-	inserted := false
-	mine := func() {
-		for _, e := range r.entries() {
-			b, _ := json.Marshal(e)
-			merged = append(merged, b)
-		}
-		inserted = true
-	}
-	for _, raw := range existing {
-		var head struct {
-			Name string `json:"name"`
-		}
-		_ = json.Unmarshal(raw, &head)
-		if strings.HasPrefix(head.Name, resultPrefix) {
-			if !inserted {
-				mine() // keep the placement entries where they were
-			}
-			continue
-		}
-		merged = append(merged, raw)
-	}
-	if !inserted {
-		mine()
-	}
-	out, err := json.MarshalIndent(merged, "", "  ")
-	if err != nil {
-		return err
-	}
-	if err := os.WriteFile(jsonPath, append(out, '\n'), 0o644); err != nil {
-		return err
-	}
-
-	var all []map[string]any
-	if err := json.Unmarshal(out, &all); err != nil {
-		return err
-	}
-	mdPath := filepath.Join(dir, "results.md")
-	old, err := os.ReadFile(mdPath)
-	if err != nil && !errors.Is(err, fs.ErrNotExist) {
-		return err
-	}
-	md := string(old)
-	if !strings.Contains(md, tableBegin) || !strings.Contains(md, tableEnd) {
-		md = "# Benchmark results\n\nWritten by `make bench`; " +
-			"`ratio` is median / baseline (lower is better for every entry here).\n\n" +
-			tableBegin + "\n" + tableEnd + "\n"
-	}
-	md = replaceSection(md, tableBegin, tableEnd, table(all))
-	md = replaceSection(md, placementBegin, placementEnd, r.markdown())
-	return os.WriteFile(mdPath, []byte(md), 0o644)
+	return results.Write(dir, func(name string) bool { return strings.HasPrefix(name, resultPrefix) }, r.entries(), placementBegin, placementEnd, r.markdown())
 }
 
+// This tool's section of results.md.
 const (
-	tableBegin     = "<!-- results-table:begin -->"
-	tableEnd       = "<!-- results-table:end -->"
 	placementBegin = "<!-- placement:begin -->"
 	placementEnd   = "<!-- placement:end -->"
 )
-
-// replaceSection replaces what lies between begin and end, appending the
-// section when it is missing.
-func replaceSection(doc, begin, end, body string) string {
-	i, j := strings.Index(doc, begin), strings.Index(doc, end)
-	if i < 0 || j < i {
-		if !strings.HasSuffix(doc, "\n") {
-			doc += "\n"
-		}
-		return doc + "\n" + begin + "\n" + body + end + "\n"
-	}
-	return doc[:i+len(begin)] + "\n" + body + doc[j:]
-}
-
-func table(all []map[string]any) string {
-	var b bytes.Buffer
-	b.WriteString("| name | unit | median | p99 | baseline | ratio | command |\n")
-	b.WriteString("|---|---|---:|---:|---:|---:|---|\n")
-	for _, e := range all {
-		fmt.Fprintf(&b, "| %v | %v | %v | %v | %v | %v | `%v` |\n",
-			e["name"], e["unit"], e["median"], e["p99"], e["baseline"], e["ratio"], e["command"])
-	}
-	return b.String()
-}
 
 func (r *report) markdown() string {
 	m, c, mc := r.main, r.cfg, r.machine
