@@ -71,7 +71,7 @@ func TestAccessServerExecsInTheGuest(t *testing.T) {
 	args.StateDir = stateDir
 	args.KernelPath, args.SandboxInitPath, args.GuestModulesDir = kernel, initBin, modules
 	args.AccessAddr = "127.0.0.1:0"
-	runSecondManager(t)
+	runManager(t)
 	stop := runAgent(t, args)
 	defer stop()
 

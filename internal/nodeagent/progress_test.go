@@ -134,7 +134,7 @@ func TestLongPullReportsProgress(t *testing.T) {
 	args.KernelPath, args.SandboxInitPath, args.GuestModulesDir = kernel, initBin, modules
 	// Placement holds whole vCPUs and the test host may have two.
 	args.Reserve = Reserve{CPUs: -8}
-	runSecondManager(t)
+	runManager(t)
 	stop := runAgent(t, args)
 	defer stop()
 

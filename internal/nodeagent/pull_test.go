@@ -20,18 +20,10 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/runtime"
-	utilruntime "k8s.io/apimachinery/pkg/util/runtime"
-	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/utils/ptr"
-	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
-	ctrlconfig "sigs.k8s.io/controller-runtime/pkg/config"
-	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
 	sandboxv1alpha1 "github.com/microvm-dev/sandbox-operator/api/v1alpha1"
-	"github.com/microvm-dev/sandbox-operator/internal/controller"
-	"github.com/microvm-dev/sandbox-operator/internal/placement"
 	"github.com/microvm-dev/sandbox-operator/internal/vmm/vmtest"
 )
 
@@ -116,45 +108,6 @@ func dockerConfigSecret(t *testing.T, namespace, name, host, user, password stri
 	}
 }
 
-// runSecondManager is runManager for a test that may run after another test
-// of the package started one: controller-runtime refuses a second
-// controller named "sandbox" in one process unless its name validation is
-// skipped, which runManager does not do.
-func runSecondManager(t *testing.T) {
-	t.Helper()
-	scheme := runtime.NewScheme()
-	utilruntime.Must(clientgoscheme.AddToScheme(scheme))
-	utilruntime.Must(sandboxv1alpha1.AddToScheme(scheme))
-	mgr, err := ctrl.NewManager(cfg, ctrl.Options{
-		Scheme:     scheme,
-		Metrics:    metricsserver.Options{BindAddress: "0"},
-		Controller: ctrlconfig.Controller{SkipNameValidation: ptr.To(true)},
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := (&controller.SandboxReconciler{
-		Client:            mgr.GetClient(),
-		Recorder:          mgr.GetEventRecorder("sandbox-manager"),
-		Assumer:           placement.NewAssumer(30 * time.Second),
-		LeaseNamespace:    "sandbox-system",
-		NodeLostGrace:     30 * time.Second,
-		RestartBackoff:    time.Second,
-		MaxRestartBackoff: 2 * time.Second,
-	}).SetupWithManager(mgr); err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- mgr.Start(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("manager stopped with %v", err)
-		}
-	})
-}
-
 // TestPullFailuresAreConditions runs the manager and a node agent against
 // registries that cannot serve the image: an unknown repository and an
 // unknown tag, a registry that does not listen, a wrong pull secret and a
@@ -196,7 +149,7 @@ func TestPullFailuresAreConditions(t *testing.T) {
 	// negative reserve makes room for the five sandboxes that never boot
 	// next to the one that does.
 	args.Reserve = Reserve{CPUs: -8}
-	runSecondManager(t)
+	runManager(t)
 	stop := runAgent(t, args)
 	defer stop()
 
