@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -141,7 +142,7 @@ func TestAccessServerExecsInTheGuest(t *testing.T) {
 	out, _, err = run(mgr, payload, "/bin/sh", "-c", "sha256sum | cut -d' ' -f1")
 	g.Expect(err).NotTo(HaveOccurred())
 	sum := sha256.Sum256(payload)
-	g.Expect(strings.TrimSpace(out)).To(Equal(hexString(sum[:])), "stdin streamed through the guest intact")
+	g.Expect(strings.TrimSpace(out)).To(Equal(hex.EncodeToString(sum[:])), "stdin streamed through the guest intact")
 
 	// Files, over plain HTTP requests (the manager's proxy passes them
 	// through): a 10 MiB write and read back, stat, list, mkdir and clear
@@ -237,13 +238,4 @@ func TestAccessServerExecsInTheGuest(t *testing.T) {
 	// Without the manager's client certificate the TLS handshake fails.
 	_, _, err = run(restFor(nil), nil, "true")
 	g.Expect(err).To(MatchError(ContainSubstring("certificate required")))
-}
-
-func hexString(b []byte) string {
-	const digits = "0123456789abcdef"
-	out := make([]byte, 0, 2*len(b))
-	for _, c := range b {
-		out = append(out, digits[c>>4], digits[c&15])
-	}
-	return string(out)
 }
