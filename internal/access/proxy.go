@@ -49,6 +49,12 @@ type AgentProxy struct {
 // node and readable after the VM stopped).
 var needsRunning = map[string]bool{"exec": true, "attach": true, "files": true, "metrics": true}
 
+// ErrAttachInput is the answer to an attach that asks for stdin or a tty:
+// a sandbox's main process is started on neither, so attach streams its
+// output only (as `kubectl attach` to a container without stdin does).
+var ErrAttachInput = errors.New("the sandbox's main process has no stdin and no terminal: attach streams its output only " +
+	"(leave out -i and -t; for an interactive shell use exec -it)")
+
 // Serve implements Backend.
 func (p *AgentProxy) Serve(w http.ResponseWriter, r *http.Request, t Target) {
 	ctx := r.Context()
@@ -82,6 +88,10 @@ func (p *AgentProxy) Serve(w http.ResponseWriter, r *http.Request, t Target) {
 	query := r.URL.RawQuery
 	if t.Subresource == "exec" || t.Subresource == "attach" {
 		opts := streamOptions(r.URL.Query())
+		if t.Subresource == "attach" && (opts.Stdin || opts.Tty) {
+			writeStatus(w, apierrors.NewBadRequest(fmt.Sprintf("sandbox %s: %v", t.Name, ErrAttachInput)))
+			return
+		}
 		query = agentStreamQuery(r.URL.Query(), opts).Encode()
 		if isWebSocket(r) {
 			// client-go's websocket executor speaks v5.channel.k8s.io; the

@@ -16,9 +16,16 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 )
 
-// The manager's permissions for the access API:
-// +kubebuilder:rbac:groups="",resources=configmaps,verbs=get;create;update
-// +kubebuilder:rbac:groups="",resources=secrets,verbs=get;create
+// The manager's permissions for the access API. ConfigMaps and Secrets
+// only in the manager's own namespace (the access client CA: a Secret with
+// its key, a ConfigMap with its certificate for the agents) and the
+// front-proxy configuration the kube-apiserver publishes in kube-system;
+// the manager reads them with a direct client, so no cluster-wide list or
+// watch is needed. The namespace is the default install's: a kustomize
+// namespace transformer or the Helm chart renders the real one.
+// +kubebuilder:rbac:groups="",namespace=sandbox-system,resources=configmaps,verbs=get;create;update
+// +kubebuilder:rbac:groups="",namespace=sandbox-system,resources=secrets,verbs=get;create
+// +kubebuilder:rbac:groups="",namespace=kube-system,resources=configmaps,verbs=get
 // +kubebuilder:rbac:groups=authorization.k8s.io,resources=subjectaccessreviews,verbs=create
 // +kubebuilder:rbac:groups=apiregistration.k8s.io,resources=apiservices,verbs=get;create;update;patch
 

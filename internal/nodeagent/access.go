@@ -187,13 +187,15 @@ func (s *accessServer) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 		}
 		remotecommandserver.ServeExec(w, req, guestExecutor{h: h}, h.key.Name, uid, "", cmd, opts,
 			execIdleTimeout, remotecommandserver.DefaultStreamCreationTimeout, remotecommandserver.SupportedStreamingProtocols)
+	case "attach":
+		serveAttach(w, req, h, uid)
 	case "files":
 		gc := h.Guest()
 		if gc == nil {
 			writeStatus(w, apierrors.NewServiceUnavailable("the sandbox's guest agent is not connected"))
 			return
 		}
-		serveFiles(w, req, gc)
+		serveFiles(w, req, gc, h.key.String())
 	case "metrics":
 		h.mu.Lock()
 		m := h.metrics

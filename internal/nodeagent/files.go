@@ -3,6 +3,7 @@ package nodeagent
 import (
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"strconv"
@@ -32,7 +33,7 @@ import (
 
 var readOps = map[protocol.FileOp]bool{protocol.FileRead: true, protocol.FileTar: true, protocol.FileList: true, protocol.FileStat: true, protocol.FileExists: true}
 
-func serveFiles(w http.ResponseWriter, req *http.Request, gc *hostconn.Conn) {
+func serveFiles(w http.ResponseWriter, req *http.Request, gc *hostconn.Conn, sandbox string) {
 	q := req.URL.Query()
 	op := protocol.FileOp(q.Get("op"))
 	fr := protocol.FileRequest{Op: op, Path: q.Get("path"), Dest: q.Get("dest"), User: q.Get("user"),
@@ -89,7 +90,7 @@ func serveFiles(w http.ResponseWriter, req *http.Request, gc *hostconn.Conn) {
 			// connection tells the client the body is incomplete.
 			panic(http.ErrAbortHandler)
 		}
-		writeStatus(w, fileError(err))
+		writeStatus(w, fileError(err, sandbox))
 		return
 	}
 	if lw != nil {
@@ -123,11 +124,12 @@ func (l *lazyWriter) Write(p []byte) (int, error) {
 	return l.w.Write(p)
 }
 
-// fileError maps a guest failure to a Status.
-func fileError(err error) *apierrors.StatusError {
+// fileError maps a guest failure to a Status whose message names the
+// sandbox ("sandbox team/dev: lstat /x: no such file or directory").
+func fileError(err error, sandbox string) *apierrors.StatusError {
 	var ge *hostconn.GuestError
 	if !errors.As(err, &ge) {
-		return apierrors.NewInternalError(err)
+		return apierrors.NewInternalError(fmt.Errorf("sandbox %s: %w", sandbox, err))
 	}
 	code := map[protocol.ErrorKind]int32{
 		protocol.ErrNotFound: http.StatusNotFound, protocol.ErrPermissionDenied: http.StatusForbidden,
@@ -140,7 +142,7 @@ func fileError(err error) *apierrors.StatusError {
 		code = http.StatusInternalServerError
 	}
 	return &apierrors.StatusError{ErrStatus: metav1.Status{Status: metav1.StatusFailure, Code: code,
-		Reason: metav1.StatusReason(ge.Kind), Message: ge.Message}}
+		Reason: metav1.StatusReason(ge.Kind), Message: "sandbox " + sandbox + ": " + ge.Message}}
 }
 
 func writeStatus(w http.ResponseWriter, err *apierrors.StatusError) {

@@ -52,6 +52,9 @@ type vmHandle struct {
 	output func(stderr bool, data []byte)
 	// log is the sandbox's output log (nil: none), closed when the VM exits.
 	log *sandboxlog.Writer
+	// attachers are the clients attached to the main process's output.
+	attachMu  sync.Mutex
+	attachers map[*attacher]struct{}
 
 	mu        sync.Mutex
 	guest     *hostconn.Conn // the current connection to the guest agent, nil between connections
@@ -197,7 +200,7 @@ func (h *vmHandle) talk(ctx context.Context, trigger func()) {
 		}
 		gc := hostconn.New(conn, hostconn.Options{
 			OnControl:    func(f protocol.Frame) { h.onControl(f, trigger) },
-			OnMainOutput: h.output,
+			OnMainOutput: h.onMainOutput,
 		})
 		h.mu.Lock()
 		h.guest = gc

@@ -138,3 +138,47 @@ func (s sizeQueue) Next() *remotecommand.TerminalSize {
 	}
 	return &remotecommand.TerminalSize{Width: n.Width, Height: n.Height}
 }
+
+func (o *Options) newAttachCommand() *cobra.Command {
+	return &cobra.Command{
+		Use:   "attach SANDBOX",
+		Short: "Stream the output of a sandbox's main process from now on",
+		Long: `Attach streams the main process's stdout and stderr as it prints them, until the
+sandbox's VM stops; the plugin then exits with the main process's exit code.
+Earlier output is in "kubectl sandbox logs". The main process has no stdin and
+no terminal, so there is no -i or -t: use "kubectl sandbox exec -it" for a shell.`,
+		Example: `  # Watch what the sandbox dev's main process prints
+  kubectl sandbox attach dev`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return o.attach(cmd.Context(), args[0])
+		},
+	}
+}
+
+func (o *Options) attach(ctx context.Context, sandbox string) error {
+	t, err := parseSandbox(sandbox)
+	if err != nil {
+		return err
+	}
+	cfg, ns, err := o.restConfig()
+	if err != nil {
+		return err
+	}
+	if t.Namespace != "" {
+		ns = t.Namespace
+	}
+	u, err := subresourceURL(cfg, ns, t.Name, "attach", execQuery(nil, false, true, true, false))
+	if err != nil {
+		return err
+	}
+	open := o.newExecutor
+	if open == nil {
+		open = newExecutor
+	}
+	exec, err := open(cfg, u)
+	if err != nil {
+		return fmt.Errorf("failed to create the attach stream: %w", err)
+	}
+	return exec.StreamWithContext(ctx, remotecommand.StreamOptions{Stdout: o.Out, Stderr: o.ErrOut})
+}

@@ -41,6 +41,19 @@ type Options struct {
 	// replace it to see the URL and the streams without a streaming
 	// server.
 	newExecutor func(*rest.Config, *url.URL) (remotecommand.Executor, error)
+
+	// fileUser is the file commands' --guest-user: the guest user
+	// (USER[:GROUP] or UID[:GID]) the operations run as; empty means the
+	// sandbox's runtime.user. Not --user: kubectl's --user names a
+	// kubeconfig user.
+	fileUser string
+}
+
+// addUserFlag gives a file command its --guest-user flag.
+func (o *Options) addUserFlag(cmd *cobra.Command) *cobra.Command {
+	cmd.Flags().StringVar(&o.fileUser, "guest-user", "",
+		"Run the file operations as this guest user (USER[:GROUP] or UID[:GID]; default: the sandbox's runtime.user)")
+	return cmd
 }
 
 // newConfigFlags are kubectl's connection flags, with its defaults.
@@ -78,13 +91,14 @@ Kubernetes identity, through the access API subresources.sandbox.microvm.dev.`,
 	o.ConfigFlags.AddFlags(root.PersistentFlags())
 	root.AddCommand(
 		o.newExecCommand(),
+		o.newAttachCommand(),
 		o.newLogsCommand(),
-		o.newCpCommand(),
-		o.newLsCommand(),
-		o.newStatCommand(),
-		o.newMkdirCommand(),
-		o.newRmCommand(),
-		o.newMvCommand(),
+		o.addUserFlag(o.newCpCommand()),
+		o.addUserFlag(o.newLsCommand()),
+		o.addUserFlag(o.newStatCommand()),
+		o.addUserFlag(o.newMkdirCommand()),
+		o.addUserFlag(o.newRmCommand()),
+		o.addUserFlag(o.newMvCommand()),
 		o.newTopCommand(),
 		o.newStartCommand(),
 		o.newStopCommand(),
@@ -127,9 +141,10 @@ func subresourceURL(cfg *rest.Config, ns, name, sub string, q url.Values) (*url.
 // accessClient makes plain HTTP requests to the access API with the
 // user's credentials (for the non-streaming subresources).
 type accessClient struct {
-	cfg  *rest.Config
-	http *http.Client
-	ns   string
+	cfg      *rest.Config
+	http     *http.Client
+	ns       string
+	fileUser string // the files subresource's user, if set
 }
 
 func (o *Options) accessClient() (*accessClient, error) {
@@ -141,7 +156,7 @@ func (o *Options) accessClient() (*accessClient, error) {
 	if err != nil {
 		return nil, fmt.Errorf("failed to build the HTTP client: %w", err)
 	}
-	return &accessClient{cfg: cfg, http: hc, ns: ns}, nil
+	return &accessClient{cfg: cfg, http: hc, ns: ns, fileUser: o.fileUser}, nil
 }
 
 // do sends one request for a sandbox's subresource and returns the
@@ -151,6 +166,9 @@ func (c *accessClient) do(ctx context.Context, method string, t target, sub stri
 	ns := t.Namespace
 	if ns == "" {
 		ns = c.ns
+	}
+	if sub == "files" && c.fileUser != "" {
+		q.Set("user", c.fileUser)
 	}
 	u, err := subresourceURL(c.cfg, ns, t.Name, sub, q)
 	if err != nil {

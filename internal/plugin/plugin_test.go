@@ -135,6 +135,30 @@ func TestExecBuildsTheRequest(t *testing.T) {
 	g.Expect(p.run("exec", "dev", "ls")).To(MatchError(ContainSubstring("SANDBOX -- COMMAND")))
 }
 
+func TestAttachAsksForOutputOnlyAndPassesTheExitCode(t *testing.T) {
+	g := NewWithT(t)
+	api := newStandInAPI(t)
+	p := newPluginRun(t, api.srv.URL, "")
+	f := &fakeExecutor{}
+	p.opts.newExecutor = func(_ *rest.Config, u *url.URL) (remotecommand.Executor, error) {
+		f.url = u
+		return f, nil
+	}
+	g.Expect(p.run("attach", "dev")).To(Succeed())
+	g.Expect(f.url.Path).To(Equal(standInPrefix + "team/sandboxes/dev/attach"))
+	g.Expect(f.url.Query()).To(Equal(url.Values{"stdout": {"true"}, "stderr": {"true"}}))
+	g.Expect(f.opts.Stdin).To(BeNil())
+	g.Expect(f.opts.Tty).To(BeFalse())
+	g.Expect(p.stdout.String()).To(Equal("out"))
+
+	f.err = exec.CodeExitError{Err: errors.New("the main process ended with exit code 4"), Code: 4}
+	var exitErr exec.ExitError
+	g.Expect(errors.As(p.run("attach", "dev"), &exitErr)).To(BeTrue())
+	g.Expect(exitErr.ExitStatus()).To(Equal(4))
+
+	g.Expect(p.run("attach", "-i", "dev")).To(MatchError(ContainSubstring("unknown shorthand flag")))
+}
+
 func TestExecQueryWithATerminalMergesStderr(t *testing.T) {
 	g := NewWithT(t)
 	g.Expect(execQuery([]string{"sh"}, true, true, false, true)).To(Equal(url.Values{"command": {"sh"}, "stdin": {"true"}, "stdout": {"true"}, "tty": {"true"}}))
@@ -280,6 +304,10 @@ func TestFileCommands(t *testing.T) {
 	g.Expect(p.run("rm", "dev:/a")).To(MatchError("/a: no such file or directory"))
 	g.Expect(p.run("rm", "-f", "dev:/a")).To(Succeed())
 	g.Expect(p.run("rm", "-f", "gone:/a")).To(HaveOccurred(), "a missing sandbox is no missing file")
+
+	// --guest-user reaches the files subresource as its user parameter.
+	g.Expect(p.run("ls", "--guest-user", "0:0", "dev:/")).To(Succeed())
+	g.Expect(api.last().Query).To(Equal(url.Values{"op": {"list"}, "path": {"/"}, "user": {"0:0"}}))
 }
 
 // writeTree makes a small tree: dir/{top.txt, sub/{deep.bin, link -> ../top.txt}, empty/}.

@@ -137,10 +137,10 @@ func pluginSpecs(input PluginSpecInput) *pluginState {
 			if err := errIfMissing(st.bin, "run `make build`"); err != nil {
 				Fail(err.Error())
 			}
-			By("granting alice exec, files, log and metrics on sandboxes, and get/list/watch/patch of Sandboxes in " + input.Namespace)
+			By("granting alice exec, attach, files, log and metrics on sandboxes, and get/list/watch/patch of Sandboxes in " + input.Namespace)
 			Expect(k8sClient.Create(ctx, &rbacv1.Role{ObjectMeta: metav1.ObjectMeta{Name: "sandbox-plugin", Namespace: input.Namespace},
 				Rules: []rbacv1.PolicyRule{
-					{APIGroups: []string{access.Group}, Resources: []string{"sandboxes/exec", "sandboxes/files"}, Verbs: []string{"get", "create"}},
+					{APIGroups: []string{access.Group}, Resources: []string{"sandboxes/exec", "sandboxes/attach", "sandboxes/files"}, Verbs: []string{"get", "create"}},
 					{APIGroups: []string{access.Group}, Resources: []string{"sandboxes/log", "sandboxes/metrics"}, Verbs: []string{"get"}},
 					{APIGroups: []string{"sandbox.microvm.dev"}, Resources: []string{"sandboxes"}, Verbs: []string{"get", "list", "watch", "patch"}},
 				}})).To(Succeed())
@@ -318,6 +318,8 @@ func pluginSpecs(input PluginSpecInput) *pluginState {
 				fmt.Fprintf(GinkgoWriter, "kubectl-sandbox %s → exit %d: %s", strings.Join(args, " "), code, out)
 				Expect(code).NotTo(BeZero(), "%v:\n%s", args, out)
 				Expect(strings.ToLower(out)).To(And(ContainSubstring("no such file"), ContainSubstring("/nonexistent")), "%v", args)
+				Expect(out).To(Or(ContainSubstring("sandbox "+input.Namespace+"/"+input.Sandbox+": "), ContainSubstring(input.Sandbox+":/nonexistent")),
+					"%v: the message names the sandbox", args)
 				Expect(strings.Count(strings.TrimSpace(out), "\n")).To(BeNumerically("<", 3), "%v: a short message, not a dump:\n%s", args, out)
 			}
 
@@ -329,6 +331,27 @@ func pluginSpecs(input PluginSpecInput) *pluginState {
 				Expect(code).NotTo(BeZero(), "%v:\n%s", args, out)
 				Expect(strings.ToLower(out)).To(ContainSubstring("permission denied"), "%v", args)
 			}
+			By("--guest-user 0:0 runs them as root: a directory made in /root, listed, stat says root's")
+			mustPlugin("mkdir", "--guest-user", "0:0", target("/root/made-by-root"))
+			out = mustPlugin("ls", "--guest-user", "0:0", target("/root"))
+			Expect(out).To(ContainSubstring("made-by-root"), "ls /root as root:\n%s", out)
+			out = mustPlugin("stat", "--guest-user", "0", target("/root/made-by-root"))
+			Expect(out).To(MatchRegexp(`Uid/Gid:\s+0/0`), "stat as root:\n%s", out)
+		})
+
+		It("attaches to the main process: its output from now on (not the log's start), live, and refuses -i", func() {
+			requireSetup()
+			start := time.Now()
+			p := startPlugin(st, true, "attach", input.Sandbox)
+			Eventually(func() int { return len(ticks(p.out.String())) }).WithTimeout(15*time.Second).Should(BeNumerically(">=", 2),
+				func() string { return fmt.Sprintf("attach printed %q", p.out.String()) })
+			input.Timing("plugin: attach → two ticks", time.Since(start))
+			Expect(p.out.String()).NotTo(ContainSubstring("E2E user="), "attach starts at the present, the log's start is for logs")
+			Expect(p.exited).NotTo(BeClosed())
+
+			out, err := exec.Command(st.bin, "--kubeconfig", st.kubeconfig, "-n", input.Namespace, "attach", "-i", input.Sandbox).CombinedOutput()
+			Expect(err).To(HaveOccurred())
+			Expect(string(out)).To(ContainSubstring("unknown shorthand flag: 'i'"))
 		})
 
 		It("follows the sandbox's log live with logs -f", func() {
@@ -373,17 +396,19 @@ func pluginLogsAfterRestartSpec(st *pluginState) {
 			"lines printed after the restart (the old follower's last tick was %d)", oldMax)
 		st.input.Timing("plugin: logs -f after the agent's restart → live ticks", time.Since(now))
 
-		if f := st.follower; f != nil {
-			select {
-			case <-f.exited:
-				fmt.Fprintf(GinkgoWriter, "the logs -f started before the agent's restart exited (%v) at tick %d; its output ends %q\n",
-					f.err, maxTick(f.out.String()), tail(f.out.String(), 200))
-			default:
-				got := maxTick(f.out.String())
-				fmt.Fprintf(GinkgoWriter, "the logs -f started before the agent's restart still runs: tick %d at the restart spec's start, %d now (new follower at %d)\n",
-					oldMax, got, maxTick(p.out.String()))
-			}
+		By("checking that the logs -f started before the restart resumed: it still runs and printed every tick once, through the restart")
+		f := st.follower
+		Expect(f).NotTo(BeNil(), "the logs -f spec did not leave its follower")
+		Eventually(func() int { return maxTick(f.out.String()) }).WithTimeout(30*time.Second).Should(BeNumerically(">=", maxTick(p.out.String())),
+			func() string { return fmt.Sprintf("the old follower printed %q", tail(f.out.String(), 400)) })
+		Expect(f.exited).NotTo(BeClosed(), "the old follower exited: %v, %q", f.err, tail(f.out.String(), 400))
+		got := ticks(f.out.String())
+		Expect(got).NotTo(BeEmpty())
+		for i := 1; i < len(got); i++ {
+			Expect(got[i]).To(Equal(got[i-1]+1), "ticks %d then %d: the follower lost or repeated lines across the agent's restart (old max %d)",
+				got[i-1], got[i], oldMax)
 		}
+		Expect(got[len(got)-1]).To(BeNumerically(">", oldMax+1), "the old follower printed ticks made after the restart")
 	})
 }
 
