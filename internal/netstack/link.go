@@ -50,7 +50,11 @@ func pump(ctx context.Context, conn net.Conn, ep *channel.Endpoint) error {
 	}
 	cancel()
 	_ = conn.Close()
-	_ = <-errc // the other direction ends with the connection
+	// The other direction ends with the connection; its error is a
+	// consequence of the first.
+	if other := <-errc; err == nil {
+		err = other
+	}
 	if errors.Is(err, io.EOF) || errors.Is(err, net.ErrClosed) {
 		return nil
 	}
