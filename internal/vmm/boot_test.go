@@ -138,6 +138,12 @@ func TestBootMicroVM(t *testing.T) {
 	g.Expect(err).NotTo(HaveOccurred())
 	g.Expect(adopted.Process()).To(Equal(rec))
 	g.Expect(adopted.Done()).NotTo(BeClosed())
+	// Without a Config.Network the VM has no NIC and no net.sock.
+	g.Expect(vm.Paths().Net).NotTo(BeAnExistingFile())
+	for _, v := range []vmm.VM{vm, adopted} {
+		_, err := v.DialNet(ctx)
+		g.Expect(err).To(MatchError(vmm.ErrNoNetwork))
+	}
 
 	// QMP answers while the guest runs.
 	q, err := vmm.DialQMP(ctx, vm.Paths().QMP)

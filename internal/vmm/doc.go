@@ -10,4 +10,9 @@
 // /dev/null) so that it can outlive the node agent; its pid and process
 // start time are recorded so that a restarted agent can tell the same
 // process from a recycled pid.
+//
+// A VM may have one NIC (Config.Network): a virtio-net device whose
+// frames QEMU carries over a unix stream socket it listens on
+// (NetworkDevice says why QEMU is the server), for a userspace network
+// stack on the host to connect to (VM.DialNet).
 package vmm

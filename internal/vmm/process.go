@@ -19,6 +19,10 @@ type Process struct {
 	StartTime uint64 `json:"startTime"`
 	// Cgroup is the VM's own cgroup, if it has one.
 	Cgroup *Cgroup `json:"cgroup,omitempty"`
+	// Network is the VM's NIC, if it has one: an adopted VM's DialNet
+	// tells "no NIC" from "QEMU has not created the socket yet" by it.
+	// Records written before NICs existed have none, rightly.
+	Network *NetworkDevice `json:"network,omitempty"`
 }
 
 // ErrProcessGone is returned for a process that no longer runs (or whose

@@ -85,7 +85,7 @@ func (QEMU) Start(ctx context.Context, cfg Config) (VM, error) {
 
 	st, err := ProcessStartTime("/proc", cmd.Process.Pid)
 	if err == nil {
-		vm.proc = Process{PID: cmd.Process.Pid, StartTime: st, Cgroup: cg}
+		vm.proc = Process{PID: cmd.Process.Pid, StartTime: st, Cgroup: cg, Network: copyNetwork(cfg.Network)}
 		err = WriteProcess(p.Process, vm.proc)
 	}
 	if err != nil {
@@ -172,22 +172,35 @@ func (v *qemuVM) Close() error          { return nil }
 // ErrExited is returned when the monitor exits while waiting for it.
 var ErrExited = errors.New("vmm: the VM exited")
 
-// agentDialRetry is the pause between attempts to reach the agent socket
-// (QEMU creates it within milliseconds of starting).
+// agentDialRetry is the pause between attempts to reach the agent or
+// network socket (QEMU creates them within milliseconds of starting).
 const agentDialRetry = 5 * time.Millisecond
 
 func (v *qemuVM) DialAgent(ctx context.Context) (net.Conn, error) {
+	return v.dial(ctx, "agent", v.paths.Agent)
+}
+
+func (v *qemuVM) DialNet(ctx context.Context) (net.Conn, error) {
+	if v.proc.Network == nil {
+		return nil, ErrNoNetwork
+	}
+	return v.dial(ctx, "network", v.paths.Net)
+}
+
+// dial connects to the unix socket at path, which QEMU serves, retrying
+// until QEMU listens on it, ctx ends or the VM exits.
+func (v *qemuVM) dial(ctx context.Context, what, path string) (net.Conn, error) {
 	var d net.Dialer
 	for {
-		c, err := d.DialContext(ctx, "unix", v.paths.Agent)
+		c, err := d.DialContext(ctx, "unix", path)
 		if err == nil {
 			return c, nil
 		}
 		select {
 		case <-v.done:
-			return nil, fmt.Errorf("%w before its agent socket answered: %v", ErrExited, v.exitErr)
+			return nil, fmt.Errorf("%w before its %s socket answered: %v", ErrExited, what, v.exitErr)
 		case <-ctx.Done():
-			return nil, fmt.Errorf("vmm: connecting to the agent socket: %w (last error: %v)", ctx.Err(), err)
+			return nil, fmt.Errorf("vmm: connecting to the %s socket: %w (last error: %v)", what, ctx.Err(), err)
 		case <-time.After(agentDialRetry):
 		}
 	}
@@ -242,4 +255,13 @@ func (v *qemuVM) Kill(ctx context.Context) error {
 	case <-ctx.Done():
 		return ctx.Err()
 	}
+}
+
+// copyNetwork keeps the VM's record independent of the caller's Config.
+func copyNetwork(n *NetworkDevice) *NetworkDevice {
+	if n == nil {
+		return nil
+	}
+	c := *n
+	return &c
 }

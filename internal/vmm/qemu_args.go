@@ -74,6 +74,13 @@ func QEMUArgs(cfg Config) []string {
 		}
 		args = append(args, "-drive", drive, "-device", "virtio-blk-device,drive="+id+",serial="+d.Serial)
 	}
+	if cfg.Network != nil {
+		// server=on: QEMU listens (see NetworkDevice). 7.2 does not wait
+		// for a client before starting the guest.
+		args = append(args,
+			"-netdev", "stream,id=net0,server=on,addr.type=unix,addr.path="+optEscape(p.Net),
+			"-device", "virtio-net-device,netdev=net0,mac="+cfg.Network.MAC)
+	}
 	return append(args, "-append", KernelCmdline(cfg))
 }
 

@@ -7,6 +7,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strings"
 )
 
 // Accel is the accelerator a VM runs under.
@@ -29,6 +30,9 @@ const (
 	QMPSocketFile   = "qmp.sock"
 	AgentSocketFile = "agent.sock"
 	ProcessFile     = "process.json"
+	// NetSocketFile is the NIC's socket (Config.Network): QEMU listens,
+	// the host's network stack connects.
+	NetSocketFile = "net.sock"
 )
 
 // Config describes one microVM.
@@ -69,6 +73,23 @@ type Config struct {
 	// CPU and memory limits from CPUs and MemoryMiB where the parent
 	// delegates those controllers.
 	CgroupParent string
+	// Network, if set, gives the guest a NIC; nil means none at all (the
+	// guest has only lo).
+	Network *NetworkDevice
+}
+
+// NetworkDevice is the guest's virtio-net NIC. Its other end is a unix
+// stream socket (Paths.Net) on which QEMU listens and a userspace network
+// stack on the host connects (VM.DialNet); every Ethernet frame (no FCS,
+// no virtio-net header) crosses it behind a 4-byte big-endian length.
+//
+// QEMU is the server, as for the agent socket, because QEMU 7.2's stream
+// netdev never reconnects: a restarted node agent dials again. Frames the
+// guest sends while nobody is connected are lost.
+type NetworkDevice struct {
+	// MAC is the NIC's unicast MAC address (e.g. 52:54:00:12:34:56); the
+	// guest finds the NIC by it.
+	MAC string `json:"mac"`
 }
 
 // RootDiskSerial is the virtio-blk serial of Config.RootDisk.
@@ -88,6 +109,9 @@ type Disk struct {
 // Paths are the files of a VM in its RunDir.
 type Paths struct {
 	Console, MonitorLog, QMP, Agent, Process string
+	// Net is the NIC's socket; it exists only for a VM with a
+	// Config.Network.
+	Net string
 }
 
 // PathsIn returns the paths of the VM files in runDir.
@@ -98,6 +122,7 @@ func PathsIn(runDir string) Paths {
 		QMP:        filepath.Join(runDir, QMPSocketFile),
 		Agent:      filepath.Join(runDir, AgentSocketFile),
 		Process:    filepath.Join(runDir, ProcessFile),
+		Net:        filepath.Join(runDir, NetSocketFile),
 	}
 }
 
@@ -130,8 +155,13 @@ func (c Config) validate() error {
 	}
 	if c.RunDir == "" {
 		errs = append(errs, errors.New("run dir is required"))
-	} else if p := PathsIn(c.RunDir); len(p.Agent) > maxSocketPath || len(p.QMP) > maxSocketPath {
+	} else if p := PathsIn(c.RunDir); len(p.Agent) > maxSocketPath || len(p.QMP) > maxSocketPath || len(p.Net) > maxSocketPath {
 		errs = append(errs, fmt.Errorf("run dir %s is too long for unix socket paths", c.RunDir))
+	}
+	if c.Network != nil {
+		if err := validMAC(c.Network.MAC); err != nil {
+			errs = append(errs, fmt.Errorf("network: %w", err))
+		}
 	}
 	seen := map[string]bool{RootDiskSerial: c.RootDisk != ""}
 	for _, d := range c.Disks {
@@ -154,6 +184,18 @@ func (c Config) validate() error {
 	}
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("invalid VM config: %w", err)
+	}
+	return nil
+}
+
+// validMAC accepts a unicast MAC-48 address in the colon form QEMU takes.
+func validMAC(s string) error {
+	mac, err := net.ParseMAC(s)
+	switch {
+	case err != nil || len(mac) != 6 || strings.Count(s, ":") != 5:
+		return fmt.Errorf("MAC %q: want six colon-separated hex bytes", s)
+	case mac[0]&1 != 0:
+		return fmt.Errorf("MAC %q is a multicast address", s)
 	}
 	return nil
 }
@@ -196,6 +238,12 @@ type VM interface {
 	// frames once the guest opens its port; a new connection after an
 	// earlier one closed is how a restarted node agent reaches the guest.
 	DialAgent(ctx context.Context) (net.Conn, error)
+	// DialNet connects to the NIC's socket (Paths.Net) as DialAgent does
+	// to the agent's: QEMU listens, one connection at a time, and a new
+	// connection after an earlier one closed is how a restarted node
+	// agent's network stack reaches the guest again. It fails with
+	// ErrNoNetwork for a VM without a NIC.
+	DialNet(ctx context.Context) (net.Conn, error)
 	// Done is closed when the monitor process has exited.
 	Done() <-chan struct{}
 	// ExitErr is the monitor's exit status (nil for a clean exit); valid
@@ -211,6 +259,10 @@ type VM interface {
 	Close() error
 }
 
+// ErrNoNetwork is DialNet's error for a VM started without a
+// Config.Network.
+var ErrNoNetwork = errors.New("vmm: the VM has no network device")
+
 // ErrExitUnknown is an adopted VM's ExitErr: the monitor was not this
 // process's child, so its exit status is not known.
 var ErrExitUnknown = errors.New("vmm: exit status unknown (the VM was adopted)")
@@ -221,7 +273,7 @@ func ensureRunDir(p Paths, runDir string) error {
 	if err := os.MkdirAll(runDir, 0o700); err != nil {
 		return err
 	}
-	for _, s := range []string{p.Agent, p.QMP} {
+	for _, s := range []string{p.Agent, p.QMP, p.Net} {
 		if err := os.Remove(s); err != nil && !os.IsNotExist(err) {
 			return err
 		}

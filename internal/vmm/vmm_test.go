@@ -4,8 +4,11 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
+	"fmt"
+	"io"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -74,6 +77,24 @@ func TestQEMUArgs(t *testing.T) {
 				return w
 			}(),
 		},
+		{
+			name: "a NIC: a stream netdev on which QEMU listens, and a virtio-net device with the MAC",
+			cfg: func(c Config) Config {
+				c.RunDir = "/run/vm,1"
+				c.Network = &NetworkDevice{MAC: "52:54:00:12:34:56"}
+				return c
+			},
+			want: func() []string {
+				w := append(append(machine, "-accel", "kvm", "-cpu", "host"),
+					common("128", "1", strings.Replace(tcgCmdline, " tsc_early_khz=2095900", "", 1),
+						"-netdev", "stream,id=net0,server=on,addr.type=unix,addr.path=/run/vm,,1/net.sock",
+						"-device", "virtio-net-device,netdev=net0,mac=52:54:00:12:34:56")...)
+				for i, a := range w {
+					w[i] = strings.ReplaceAll(a, "/run/vm/1/", "/run/vm,,1/")
+				}
+				return w
+			}(),
+		},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			NewWithT(t).Expect(QEMUArgs(tc.cfg(base))).To(Equal(tc.want))
@@ -97,6 +118,11 @@ func TestConfigValidation(t *testing.T) {
 		{name: "a disk serial longer than virtio-blk's 20 bytes", mod: func(c *Config) { c.Disks = []Disk{{Path: "/d", Serial: strings.Repeat("s", 21)}} }, wantErr: "unique serial"},
 		{name: "a disk named like the root disk", mod: func(c *Config) { c.RootDisk = "/r"; c.Disks = []Disk{{Path: "/d", Serial: RootDiskSerial}} }, wantErr: "unique serial"},
 		{name: "two disks with one serial", mod: func(c *Config) { c.Disks = []Disk{{Path: "/d", Serial: "a"}, {Path: "/e", Serial: "a"}} }, wantErr: "unique serial"},
+		{name: "a NIC with a MAC", mod: func(c *Config) { c.Network = &NetworkDevice{MAC: "52:54:00:aB:cd:ef"} }},
+		{name: "a NIC without a MAC", mod: func(c *Config) { c.Network = &NetworkDevice{} }, wantErr: "six colon-separated"},
+		{name: "a NIC with a dash-separated MAC", mod: func(c *Config) { c.Network = &NetworkDevice{MAC: "52-54-00-12-34-56"} }, wantErr: "six colon-separated"},
+		{name: "a NIC with an EUI-64", mod: func(c *Config) { c.Network = &NetworkDevice{MAC: "02:00:5e:10:00:00:00:01"} }, wantErr: "six colon-separated"},
+		{name: "a NIC with a multicast MAC", mod: func(c *Config) { c.Network = &NetworkDevice{MAC: "01:00:5e:00:00:01"} }, wantErr: "multicast"},
 		{name: "a run dir too long for sockets", mod: func(c *Config) { c.RunDir = "/" + strings.Repeat("x", 100) }, wantErr: "too long"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -244,4 +270,62 @@ func TestQMPHonoursTheContext(t *testing.T) {
 	_, err = DialQMP(ctx, filepath.Join(dir, "s"))
 	g.Expect(err).To(MatchError(ContainSubstring("no greeting")))
 	g.Expect(time.Since(start)).To(BeNumerically("<", 2*time.Second))
+}
+
+// TestDialNetOnAnAdoptedVM adopts a stand-in monitor (a sleep) from its
+// process record, as a restarted node agent does: with a NIC recorded,
+// DialNet waits for the socket at its conventional path; without one
+// (a record from before NICs existed, or a VM started without), it fails
+// with ErrNoNetwork at once.
+func TestDialNetOnAnAdoptedVM(t *testing.T) {
+	g := NewWithT(t)
+	sleep := exec.Command("sleep", "30")
+	g.Expect(sleep.Start()).To(Succeed())
+	t.Cleanup(func() { _ = sleep.Process.Kill(); _ = sleep.Wait() })
+	st, err := ProcessStartTime("/proc", sleep.Process.Pid)
+	g.Expect(err).NotTo(HaveOccurred())
+	// Short: unix socket paths are limited to 107 bytes.
+	runDir, err := os.MkdirTemp("", "vm")
+	g.Expect(err).NotTo(HaveOccurred())
+	t.Cleanup(func() { _ = os.RemoveAll(runDir) })
+	p := PathsIn(runDir)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+
+	g.Expect(os.WriteFile(p.Process, []byte(fmt.Sprintf(`{"pid":%d,"startTime":%d}`, sleep.Process.Pid, st)), 0o600)).To(Succeed())
+	vm, err := QEMU{}.Adopt(runDir)
+	g.Expect(err).NotTo(HaveOccurred())
+	_, err = vm.DialNet(ctx)
+	g.Expect(err).To(MatchError(ErrNoNetwork), "a record without a NIC")
+
+	g.Expect(WriteProcess(p.Process, Process{PID: sleep.Process.Pid, StartTime: st, Network: &NetworkDevice{MAC: "52:54:00:12:34:56"}})).To(Succeed())
+	vm, err = QEMU{}.Adopt(runDir)
+	g.Expect(err).NotTo(HaveOccurred())
+	g.Expect(vm.Process().Network).To(Equal(&NetworkDevice{MAC: "52:54:00:12:34:56"}))
+	dialed := make(chan error, 1)
+	go func() {
+		c, err := vm.DialNet(ctx)
+		if err == nil {
+			_, err = c.Write([]byte("frame"))
+			_ = c.Close()
+		}
+		dialed <- err
+	}()
+	// QEMU creates the socket a moment later: DialNet retries meanwhile.
+	time.Sleep(50 * time.Millisecond)
+	ln, err := net.Listen("unix", p.Net)
+	g.Expect(err).NotTo(HaveOccurred())
+	defer func() { _ = ln.Close() }()
+	c, err := ln.Accept()
+	g.Expect(err).NotTo(HaveOccurred())
+	b, err := io.ReadAll(c)
+	g.Expect(err).NotTo(HaveOccurred())
+	g.Expect(string(b)).To(Equal("frame"))
+	g.Expect(<-dialed).To(Succeed())
+
+	short, cancelShort := context.WithTimeout(ctx, 20*time.Millisecond)
+	defer cancelShort()
+	g.Expect(os.Remove(p.Net)).To(Succeed())
+	_, err = vm.DialNet(short)
+	g.Expect(err).To(MatchError(And(ContainSubstring("network socket"), ContainSubstring("deadline exceeded"))))
 }
