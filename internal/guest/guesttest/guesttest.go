@@ -33,6 +33,8 @@ var Applets = []string{
 	"mkdir", "pwd", "readlink", "sleep", "sync", "test", "tr", "true", "wc",
 	// For exec sessions: ttys, signals, checksums.
 	"stty", "tty", "kill", "sha256sum",
+	// For the network checks.
+	"ip", "ping",
 }
 
 // Users of a BusyboxRoot: root, and app (1000:1000, home /home/app), a
@@ -127,8 +129,8 @@ func Ext4(t testing.TB, src, image string, sizeMiB int) {
 }
 
 // Initrd compiles sandbox-init (static) into dir and packs it with the
-// default modules from modules (vmtest.Prereqs finds them); it returns the
-// initramfs's path.
+// default and network modules from modules (vmtest.Prereqs finds them), as
+// the node agent does; it returns the initramfs's path.
 func Initrd(t testing.TB, dir, modules string) string {
 	t.Helper()
 	bin := filepath.Join(dir, "sandbox-init")
@@ -140,7 +142,8 @@ func Initrd(t testing.TB, dir, modules string) string {
 		t.Fatalf("building sandbox-init: %v\n%s", err, out)
 	}
 	initrd := filepath.Join(dir, "initrd.cpio")
-	if err := initramfs.WriteFile(initrd, initramfs.Spec{Init: bin, KernelModulesDir: modules, Modules: initramfs.DefaultModules}); err != nil {
+	if err := initramfs.WriteFile(initrd, initramfs.Spec{Init: bin, KernelModulesDir: modules, Modules: initramfs.DefaultModules,
+		NetworkModules: initramfs.NetworkModules}); err != nil {
 		t.Fatal(err)
 	}
 	return initrd

@@ -10,9 +10,16 @@
 // boots) or a tmpfs (sandbox.upper_mib= sizes it). Disks are found by
 // serial in /sys/block, never by their order.
 //
-// On protocol.TypeStart it configures the root (mounts, host name, scripts,
-// patches, in that order), then starts the main process through its exec
-// helper (sandbox-init re-executed: see exec_linux.go), which applies the
+// lo is set up at boot. With Start.Network, the NIC is configured while the
+// root is: the network modules the initramfs packs apart
+// (initramfs.NetworkModulesLoadPath) are loaded, the NIC is found by its
+// MAC and gets its MTU, address and default route over netlink
+// (network_linux.go), and /etc/resolv.conf in the root is replaced.
+//
+// On protocol.TypeStart it configures the root (mounts, host name,
+// resolv.conf, scripts, patches, in that order), then starts the main
+// process through its exec helper (sandbox-init re-executed: see
+// exec_linux.go), which applies the
 // rlimits, chroots, changes user and execs the program, with its output on
 // the console and on protocol.MainOutputStream (buffered, never blocking
 // the workload: mainout.go); with Start.Init it hands off to an init system as PID 1 of

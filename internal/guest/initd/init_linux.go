@@ -60,6 +60,10 @@ func run(boot int64, logf func(string, ...any)) (*Session, error) {
 	if err := mountBasics(); err != nil {
 		return nil, err
 	}
+	// 127.0.0.1 works in every sandbox, with a NIC or without.
+	if err := bringUpLoopback(); err != nil {
+		return nil, err
+	}
 	t0 := time.Now()
 	n, err := loadModules(initramfs.ModulesLoadPath)
 	if err != nil {

@@ -12,6 +12,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/microvm-dev/sandbox-operator/internal/guest/initramfs"
 	"github.com/microvm-dev/sandbox-operator/internal/guest/protocol"
 )
 
@@ -23,8 +24,9 @@ var initCandidates = []string{"/sbin/init", "/lib/systemd/systemd", "/usr/lib/sy
 
 // startMain configures the root for st and starts the main process there,
 // once ready reports the root assembled. The configuration comes first, in
-// this order: mounts, host name, scripts, patches; then the user is
-// resolved (a patch may have added it to /etc/passwd) and the process is
+// this order: mounts, host name, /etc/resolv.conf (with st.Network),
+// scripts, patches; meanwhile the NIC is configured (st.Network), and the
+// main process waits for it too. Then the user is resolved (a patch may have added it to /etc/passwd) and the process is
 // started through the exec helper. Any failure fails the start: a sandbox
 // half configured would run with a surprise.
 //
@@ -45,6 +47,17 @@ func startMain(ready func() error, lower, root string, st protocol.Start, logf f
 			return MainProcess{}, err
 		}
 	}
+	var netDone chan error
+	if st.Network != nil {
+		cfg, err := parseNetwork(*st.Network)
+		if err != nil {
+			return MainProcess{}, fmt.Errorf("network: %w", err)
+		}
+		// The NIC comes up (module loads and the device's probe, the slow
+		// part under TCG) while the root is prepared and configured.
+		netDone = make(chan error, 1)
+		go func() { netDone <- configureNetwork(cfg, initramfs.NetworkModulesLoadPath, nicWait, logf) }()
+	}
 	if err := ready(); err != nil {
 		return MainProcess{}, fmt.Errorf("preparing the root filesystem: %w", err)
 	}
@@ -59,11 +72,22 @@ func startMain(ready func() error, lower, root string, st protocol.Start, logf f
 			return MainProcess{}, err
 		}
 	}
+	if st.Network != nil {
+		// Before the patches: a patch may still edit it.
+		if err := WriteResolvConf(root, *st.Network); err != nil {
+			return MainProcess{}, fmt.Errorf("network: %w", err)
+		}
+	}
 	if err := WriteScripts(root, st.Shell, st.Scripts); err != nil {
 		return MainProcess{}, err
 	}
 	if err := ApplyPatches(lower, root, st.Patches); err != nil {
 		return MainProcess{}, err
+	}
+	if netDone != nil {
+		if err := <-netDone; err != nil {
+			return MainProcess{}, fmt.Errorf("network: %w", err)
+		}
 	}
 	if len(st.Argv) == 0 && st.Init == nil {
 		return MainProcess{}, nil // configured; nothing to run

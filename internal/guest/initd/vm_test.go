@@ -31,6 +31,7 @@ echo "text=$(cat /etc/greeting.txt) link=$(readlink /etc/link)"
 echo "motd=$(tr '\n' '|' < /etc/motd)"
 echo "files=$(cat /etc/app/app.conf) filesro=$(grep -c ' /etc/app tmpfs ro,' /proc/mounts)"
 echo "scratch=$(grep -c ' /scratch tmpfs rw,.*size=8192k' /proc/mounts) data=$(grep -c ' /data ext4 rw' /proc/mounts)"
+echo "netifs=$(ls /sys/class/net | tr '\n' ' ')lo=$(cat /sys/class/net/lo/flags)"
 echo x > /scratch/f && echo x > /data/f && echo "volumes=writable"
 test -d /srv/cache && echo "mkdir=ok"
 greet world
@@ -68,6 +69,8 @@ exit 4
 // Boot 2 reuses the disks and hands off to the image's init: it runs as
 // PID 1 of its own PID namespace and finds what boot 1 wrote; after its
 // exit a reconnection's Hello carries that exit.
+//
+// Boot 3 has a NIC (checkNetwork). Boots 1 and 2 have none: only lo, up.
 func TestMicroVMRunsAConfiguredSandboxAcrossAgentRestarts(t *testing.T) {
 	kernel, modules := vmtest.Prereqs(t, "mkfs.ext4", "debugfs", "busybox")
 	work := t.TempDir()
@@ -86,7 +89,7 @@ func TestMicroVMRunsAConfiguredSandboxAcrossAgentRestarts(t *testing.T) {
 
 	t.Run("boot 1: a configured main process, and an agent restart while it runs", func(t *testing.T) {
 		g := NewWithT(t)
-		vm := bootVM(t, kernel, initrd, disks)
+		vm := bootVM(t, kernel, initrd, disks, nil)
 		conn := dial(t, vm)
 		hello := readHello(t, conn)
 		g.Expect(hello.Main).To(BeNil(), "a fresh boot has no main process")
@@ -121,6 +124,8 @@ func TestMicroVMRunsAConfiguredSandboxAcrossAgentRestarts(t *testing.T) {
 			"motd=image-motd|appended|",
 			"files=from-files filesro=1",
 			"scratch=1 data=1",
+			// No Network: no NIC, and lo is up (IFF_UP|IFF_LOOPBACK).
+			"netifs=lo lo=0x9",
 			"volumes=writable",
 			"mkdir=ok",
 			"script=world",
@@ -183,7 +188,7 @@ func TestMicroVMRunsAConfiguredSandboxAcrossAgentRestarts(t *testing.T) {
 
 	t.Run("boot 2: the init hand-off, on what boot 1 left", func(t *testing.T) {
 		g := NewWithT(t)
-		vm := bootVM(t, kernel, initrd, disks)
+		vm := bootVM(t, kernel, initrd, disks, nil)
 		conn := dial(t, vm)
 		g.Expect(readHello(t, conn).Main).To(BeNil())
 		send(t, conn, protocol.TypeHelloAck, protocol.HelloAck{Version: protocol.Version})
@@ -208,14 +213,19 @@ func TestMicroVMRunsAConfiguredSandboxAcrossAgentRestarts(t *testing.T) {
 		send(t, conn, protocol.TypeHelloAck, protocol.HelloAck{Version: protocol.Version})
 		shutdown(t, vm, conn)
 	})
+
+	t.Run("boot 3: a NIC, configured by the Start, reached through net.sock", func(t *testing.T) {
+		checkNetwork(t, kernel, initrd, disks)
+	})
 }
 
 // vmDisks are the test's disk images.
 type vmDisks struct{ root, upper, vol string }
 
 // bootVM starts a microVM with the disks attached as the node agent
-// attaches them, and kills it when the test ends.
-func bootVM(t *testing.T, kernel, initrd string, disks vmDisks) vmm.VM {
+// attaches them, and a NIC if network is set, and kills it when the test
+// ends.
+func bootVM(t *testing.T, kernel, initrd string, disks vmDisks, network *vmm.NetworkDevice) vmm.VM {
 	t.Helper()
 	tsc, err := vmm.HostTSCkHz()
 	if err != nil {
@@ -236,6 +246,7 @@ func bootVM(t *testing.T, kernel, initrd string, disks vmDisks) vmm.VM {
 		RootDisk:   disks.root,
 		Disks:      []vmm.Disk{{Path: disks.upper, Serial: "upper"}, {Path: disks.vol, Serial: "vol-0"}},
 		KernelArgs: []string{"sandbox.upper=upper"},
+		Network:    network,
 	})
 	if err != nil {
 		t.Fatal(err)

@@ -18,6 +18,9 @@ const (
 	// ModulesLoadPath lists the modules to load, one absolute path a line,
 	// in load order.
 	ModulesLoadPath = "/etc/modules.load"
+	// NetworkModulesLoadPath lists the network modules (Spec.NetworkModules)
+	// in the format of ModulesLoadPath; absent when there are none.
+	NetworkModulesLoadPath = "/etc/modules.network"
 	// ModulesDir holds the packed modules, flat, as <name>.ko.
 	ModulesDir = "/lib/modules"
 )
@@ -33,6 +36,12 @@ type Spec struct {
 	// Modules names the modules to pack and load; their dependencies are
 	// added. Empty means none (and KernelModulesDir is not read).
 	Modules []string
+	// NetworkModules names modules to pack without loading them at boot
+	// (normally NetworkModules): sandbox-init loads them, from
+	// NetworkModulesLoadPath, when a Start configures a network. Those
+	// of their dependencies that Modules loads already are not listed
+	// again.
+	NetworkModules []string
 }
 
 // Build writes the initramfs described by spec to w.
@@ -44,11 +53,20 @@ func Build(w io.Writer, spec Spec) error {
 	if err != nil {
 		return fmt.Errorf("initramfs: reading init: %w", err)
 	}
-	var mods []Module
+	var mods, netMods []Module
 	if len(spec.Modules) > 0 {
 		if mods, err = ResolveModules(spec.KernelModulesDir, spec.Modules); err != nil {
 			return err
 		}
+	}
+	if len(spec.NetworkModules) > 0 {
+		// Resolved together with the boot modules, for the load order;
+		// what boot loads already is left out.
+		all, err := ResolveModules(spec.KernelModulesDir, append(append([]string{}, spec.Modules...), spec.NetworkModules...))
+		if err != nil {
+			return err
+		}
+		netMods = all[len(mods):]
 	}
 
 	a := NewWriter(w)
@@ -73,24 +91,42 @@ func Build(w io.Writer, spec Spec) error {
 			return err
 		}
 	}
+	if len(netMods) > 0 {
+		netLoad, err := writeModules(a, spec.KernelModulesDir, netMods)
+		if err != nil {
+			return err
+		}
+		if err := a.Write(Entry{Name: strings.TrimPrefix(NetworkModulesLoadPath, "/"), Mode: ModeRegular | 0o644, Data: netLoad}); err != nil {
+			return err
+		}
+	}
+	load, err := writeModules(a, spec.KernelModulesDir, mods)
+	if err != nil {
+		return err
+	}
+	if err := a.Write(Entry{Name: strings.TrimPrefix(ModulesLoadPath, "/"), Mode: ModeRegular | 0o644, Data: load}); err != nil {
+		return err
+	}
+	return a.Close()
+}
+
+// writeModules packs mods into ModulesDir and returns their load list.
+func writeModules(a *Writer, modulesDir string, mods []Module) ([]byte, error) {
 	var load strings.Builder
 	for _, m := range mods {
 		// Read and write one module at a time: a kernel's worth of modules is
 		// never held in memory at once.
-		data, err := os.ReadFile(filepath.Join(spec.KernelModulesDir, m.Path))
+		data, err := os.ReadFile(filepath.Join(modulesDir, m.Path))
 		if err != nil {
-			return fmt.Errorf("initramfs: reading module %s: %w", m.Name, err)
+			return nil, fmt.Errorf("initramfs: reading module %s: %w", m.Name, err)
 		}
 		p := path.Join(ModulesDir, m.Name+".ko")
 		if err := a.Write(Entry{Name: strings.TrimPrefix(p, "/"), Mode: ModeRegular | 0o644, Data: data}); err != nil {
-			return err
+			return nil, err
 		}
 		load.WriteString(p + "\n")
 	}
-	if err := a.Write(Entry{Name: strings.TrimPrefix(ModulesLoadPath, "/"), Mode: ModeRegular | 0o644, Data: []byte(load.String())}); err != nil {
-		return err
-	}
-	return a.Close()
+	return []byte(load.String()), nil
 }
 
 // WriteFile builds the initramfs into the file at dst (created or

@@ -1,7 +1,9 @@
 // Package initramfs builds the guest's initramfs: an uncompressed newc cpio
 // archive holding sandbox-init as /init, the two device nodes the kernel
 // needs before devtmpfs is mounted (dev/console, dev/null), and the kernel
-// modules the guest must load before it can reach its agent port.
+// modules the guest must load before it can reach its agent port, plus
+// those it loads only for a Start with a network (NetworkModules), listed
+// apart in NetworkModulesLoadPath.
 //
 // The archive is uncompressed on purpose: under TCG, unpacking a gzip
 // initramfs in the guest costs more than reading the larger file does on the

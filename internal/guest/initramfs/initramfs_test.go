@@ -137,6 +137,9 @@ kernel/drivers/char/hw_random/virtio-rng.ko: kernel/drivers/virtio/virtio.ko ker
 kernel/drivers/char/virtio_console.ko: kernel/drivers/virtio/virtio.ko kernel/drivers/virtio/virtio_ring.ko
 kernel/drivers/block/virtio_blk.ko: kernel/drivers/virtio/virtio.ko kernel/drivers/virtio/virtio_ring.ko
 kernel/drivers/input/evdev.ko:
+kernel/drivers/net/virtio_net.ko: kernel/drivers/net/net_failover.ko kernel/net/core/failover.ko kernel/drivers/virtio/virtio.ko kernel/drivers/virtio/virtio_ring.ko
+kernel/drivers/net/net_failover.ko: kernel/net/core/failover.ko
+kernel/net/core/failover.ko:
 `
 
 func names(ms []Module) []string {
@@ -242,6 +245,37 @@ func TestBuildPacksInitDevicesAndModulesInLoadOrder(t *testing.T) {
 	st, err := os.Stat(dst)
 	g.Expect(err).NotTo(HaveOccurred())
 	g.Expect(st.Mode().Perm()).To(Equal(os.FileMode(0o644)))
+}
+
+func TestBuildPacksNetworkModulesWithoutLoadingThemAtBoot(t *testing.T) {
+	g := NewWithT(t)
+	mods := fakeModules(t, cloudDep, "")
+	initBin := filepath.Join(t.TempDir(), "sandbox-init")
+	g.Expect(os.WriteFile(initBin, []byte("init"), 0o700)).To(Succeed())
+	var buf bytes.Buffer
+	g.Expect(Build(&buf, Spec{Init: initBin, KernelModulesDir: mods, Modules: DefaultModules, NetworkModules: NetworkModules})).To(Succeed())
+	byName := map[string]Entry{}
+	for _, e := range readArchive(t, buf.Bytes()) {
+		g.Expect(byName).NotTo(HaveKey(e.Name), "no duplicate entries")
+		byName[e.Name] = e
+	}
+	for _, m := range []string{"failover", "net_failover", "virtio_net"} {
+		g.Expect(byName).To(HaveKey("lib/modules/"+m+".ko"), "packed")
+		g.Expect(string(byName["etc/modules.load"].Data)).NotTo(ContainSubstring(m+".ko"), "not loaded at boot")
+	}
+	// virtio and virtio_ring load at boot already: not listed twice.
+	g.Expect(string(byName["etc/modules.network"].Data)).To(Equal(
+		"/lib/modules/failover.ko\n/lib/modules/net_failover.ko\n/lib/modules/virtio_net.ko\n"))
+
+	// Without network modules there is no list (sandbox-init then says
+	// that the initramfs has none).
+	buf.Reset()
+	g.Expect(Build(&buf, Spec{Init: initBin, KernelModulesDir: mods, Modules: DefaultModules})).To(Succeed())
+	for _, e := range readArchive(t, buf.Bytes()) {
+		g.Expect(e.Name).NotTo(Equal("etc/modules.network"))
+	}
+	g.Expect(Build(&buf, Spec{Init: initBin, KernelModulesDir: mods, NetworkModules: []string{"9p"}})).To(
+		MatchError(ContainSubstring("module 9p is neither")))
 }
 
 func TestBuildWithoutModulesReadsNoModulesDir(t *testing.T) {

@@ -21,6 +21,14 @@ import (
 //     reaches sandbox-init as a KEY_POWER event.
 var DefaultModules = []string{"virtio_mmio", "virtio_console", "virtio_blk", "overlay", "button", "evdev"}
 
+// NetworkModules are the modules a guest with a NIC (vmm.Config.Network)
+// needs on top of DefaultModules: virtio_net (its dependencies, failover
+// and net_failover, come from modules.dep). They are packed with
+// Spec.NetworkModules but not loaded at boot: sandbox-init loads them for
+// a Start with a Network, so that a VM without a NIC does not pay for
+// them (each module load costs milliseconds under TCG).
+var NetworkModules = []string{"virtio_net"}
+
 // moduleName normalises a module's name the way the kernel does: file names
 // may use '-' where the module name has '_'.
 func moduleName(file string) string {

@@ -265,6 +265,12 @@ type Start struct {
 	// Init, when set, runs instead of Argv as PID 1 of a new PID namespace
 	// (the init hand-off); it is then the main process.
 	Init *Init `json:"init,omitempty"`
+	// Network configures the guest's NIC before the main process starts;
+	// nil: the VM has none (only lo, which is always up). Added within
+	// version 1: a guest older than the field ignores it, so a host must
+	// not send it to a guest it did not ship (the node agent boots its own
+	// sandbox-init).
+	Network *Network `json:"network,omitempty"`
 }
 
 // ScriptsDir is where Start.Scripts are written inside the guest's root.
@@ -344,6 +350,29 @@ type Init struct {
 	Argv []string `json:"argv"`
 	// Env is the init's environment, KEY=VALUE.
 	Env []string `json:"env,omitempty"`
+}
+
+// Network configures the guest's NIC; nil: the VM has none (only lo).
+// The guest loads its network modules, waits for the NIC with MAC,
+// gives it MTU and Address, brings it up, routes by default via Gateway
+// and writes /etc/resolv.conf in the sandbox's root. A failure fails the
+// Start.
+type Network struct {
+	// MAC is the NIC to configure, e.g. 52:54:00:12:34:56.
+	MAC string `json:"mac"`
+	// Address is the NIC's address with its prefix length (CIDR), e.g.
+	// 10.0.2.15/24.
+	Address string `json:"address"`
+	// Gateway is the default route's next hop, e.g. 10.0.2.2; "": no
+	// default route.
+	Gateway string `json:"gateway"`
+	// Nameservers are IP addresses written to /etc/resolv.conf, which
+	// replaces the image's (its other settings are not kept).
+	Nameservers []string `json:"nameservers,omitempty"`
+	// Search are the search domains of /etc/resolv.conf.
+	Search []string `json:"search,omitempty"`
+	// MTU is the NIC's MTU; 0: 1500.
+	MTU int `json:"mtu,omitempty"`
 }
 
 // Signal signals a process.

@@ -2,6 +2,7 @@ package protocol
 
 import (
 	"bytes"
+	"encoding/json"
 	"errors"
 	"io"
 	"testing"
@@ -86,6 +87,21 @@ func TestEncodeDecode(t *testing.T) {
 
 	g.Expect(Decode(Frame{Type: TypeExec, Stream: 9, Payload: []byte("{not json")}, &Exec{})).To(
 		MatchError(ContainSubstring("decoding type 16 on stream 9")))
+}
+
+// TestStartNetworkIsAdditive pins Start.Network's wire form: absent when
+// nil, so a Start without one encodes as it did before the field existed.
+func TestStartNetworkIsAdditive(t *testing.T) {
+	g := NewWithT(t)
+	b, err := json.Marshal(Start{Argv: []string{"true"}})
+	g.Expect(err).NotTo(HaveOccurred())
+	g.Expect(string(b)).To(Equal(`{"argv":["true"]}`))
+
+	b, err = json.Marshal(Start{Network: &Network{MAC: "52:54:00:12:34:56", Address: "10.0.2.15/24", Gateway: "10.0.2.2",
+		Nameservers: []string{"10.0.2.3"}, Search: []string{"svc.local"}, MTU: 9000}})
+	g.Expect(err).NotTo(HaveOccurred())
+	g.Expect(string(b)).To(Equal(`{"argv":null,"network":{"mac":"52:54:00:12:34:56","address":"10.0.2.15/24",` +
+		`"gateway":"10.0.2.2","nameservers":["10.0.2.3"],"search":["svc.local"],"mtu":9000}}`))
 }
 
 func TestNegotiate(t *testing.T) {
