@@ -289,3 +289,24 @@ type SecretInjection struct {
 	// +optional
 	Body bool `json:"body,omitempty"`
 }
+
+// NetworkReady condition (owner: node agent): whether the sandbox's network
+// on the node is as its spec says while the VM runs. Set with the VM's
+// start; absent before.
+const (
+	// ConditionNetworkReady is True when the guest's NIC is linked to the
+	// node's network stack and every published port listens.
+	ConditionNetworkReady = "NetworkReady"
+
+	// ReasonNetworkConfigured (True): the stack runs; the message lists the
+	// published ports.
+	ReasonNetworkConfigured = "Configured"
+	// ReasonNetworkDisabled (True): network.enabled is false; the guest has
+	// no NIC, as asked.
+	ReasonNetworkDisabled = "Disabled"
+	// ReasonPortUnavailable (False): a published port could not be opened
+	// on the node (in use, a hostIP the node does not have, or an
+	// unsupported protocol); the message says which and why. The other
+	// ports and the guest's egress work.
+	ReasonPortUnavailable = "PortUnavailable"
+)

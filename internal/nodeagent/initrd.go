@@ -23,7 +23,7 @@ func prepareInitrd(args Args) (string, error) {
 	}
 	spec := initramfs.Spec{Init: args.SandboxInitPath}
 	if args.GuestModulesDir != "" {
-		spec.KernelModulesDir, spec.Modules = args.GuestModulesDir, initramfs.DefaultModules
+		spec.KernelModulesDir, spec.Modules, spec.NetworkModules = args.GuestModulesDir, initramfs.DefaultModules, initramfs.NetworkModules
 	}
 	dst := filepath.Join(args.StateDir, "initrd.cpio")
 	if err := initramfs.WriteFile(dst, spec); err != nil {

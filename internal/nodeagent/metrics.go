@@ -26,6 +26,22 @@ var (
 		"The writable layer's used and free bytes.", []string{"namespace", "name", "state"}, nil)
 	guestUptime = prometheus.NewDesc("sandbox_guest_uptime_seconds",
 		"Time since the guest kernel started.", []string{"namespace", "name"}, nil)
+
+	// The node side of the sandbox's network (internal/netstack), from the
+	// current stack: counters restart with the agent. "class" is the
+	// policy's decision class (rule, default, group:<group>, reserved, dns,
+	// rebind, ...): a small fixed set.
+	netDenied = prometheus.NewDesc("sandbox_network_denied_total",
+		"Guest flows, DNS names and DNS answers the egress policy refused.", []string{"namespace", "name", "class"}, nil)
+	netFlows = prometheus.NewDesc("sandbox_network_flows_total",
+		"Guest flows the egress policy allowed and the node re-originated.", []string{"namespace", "name", "protocol"}, nil)
+	netDialFailures = prometheus.NewDesc("sandbox_network_dial_failures_total",
+		"Allowed guest flows whose destination could not be reached from the node.", []string{"namespace", "name"}, nil)
+	netDNS = prometheus.NewDesc("sandbox_network_dns_queries_total",
+		"DNS queries the guest sent to the node's resolver.", []string{"namespace", "name"}, nil)
+	netBytes = prometheus.NewDesc("sandbox_network_flow_bytes_total",
+		"Bytes of the guest's flows through the node: sent by the guest (transmit) or to it (receive).",
+		[]string{"namespace", "name", "direction"}, nil)
 )
 
 // sandboxCollector reports the sandboxes of every reconciler in this
@@ -49,7 +65,8 @@ func trackMetrics(r *SandboxReconciler) {
 
 // Describe implements prometheus.Collector.
 func (c *sandboxCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{guestCPU, guestMemTotal, guestMemAvailable, guestDisk, guestNet, guestUpper, guestUptime} {
+	for _, d := range []*prometheus.Desc{guestCPU, guestMemTotal, guestMemAvailable, guestDisk, guestNet, guestUpper, guestUptime,
+		netDenied, netFlows, netDialFailures, netDNS, netBytes} {
 		ch <- d
 	}
 }
@@ -76,12 +93,27 @@ func (c *sandboxCollector) Collect(ch chan<- prometheus.Metric) {
 			m := h.metrics
 			exited := !h.exitedAt.IsZero()
 			h.mu.Unlock()
-			if m == nil || exited {
+			if exited {
 				continue
 			}
 			ns, name := h.key.Namespace, h.key.Name
 			gauge := func(d *prometheus.Desc, t prometheus.ValueType, v float64, extra ...string) {
 				ch <- prometheus.MustNewConstMetric(d, t, v, append([]string{ns, name}, extra...)...)
+			}
+			if vn := h.net; vn != nil {
+				st := &vn.stack.Stats
+				for class, n := range vn.stack.Denials.Snapshot().ByClass {
+					gauge(netDenied, prometheus.CounterValue, float64(n), class)
+				}
+				gauge(netFlows, prometheus.CounterValue, float64(st.TCPAllowed.Load()), "TCP")
+				gauge(netFlows, prometheus.CounterValue, float64(st.UDPAllowed.Load()), "UDP")
+				gauge(netDialFailures, prometheus.CounterValue, float64(st.DialFailures.Load()))
+				gauge(netDNS, prometheus.CounterValue, float64(st.DNSQueries.Load()))
+				gauge(netBytes, prometheus.CounterValue, float64(st.BytesOut.Load()), "transmit")
+				gauge(netBytes, prometheus.CounterValue, float64(st.BytesIn.Load()), "receive")
+			}
+			if m == nil {
+				continue
 			}
 			gauge(guestCPU, prometheus.CounterValue, float64(m.CPUNanos)/1e9)
 			gauge(guestMemTotal, prometheus.GaugeValue, float64(m.MemoryTotalBytes))

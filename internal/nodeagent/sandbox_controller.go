@@ -4,8 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 	"time"
 
@@ -69,6 +71,11 @@ type SandboxReconciler struct {
 	notify chan event.GenericEvent
 	wg     sync.WaitGroup
 
+	// hostAddrs are the node's own addresses (the egress policy's group
+	// Host); nodeResolvers its nameservers, for sandboxes that name none.
+	hostAddrs     []netip.Addr
+	nodeResolvers []string
+
 	mu        sync.Mutex
 	sandboxes map[types.UID]*sandboxState
 }
@@ -93,6 +100,7 @@ type report struct {
 	ImageDigest string
 	Timings     sandboxv1alpha1.Timings
 	Conditions  []metav1.Condition
+	Ports       []sandboxv1alpha1.PortStatus
 }
 
 func newSandboxReconciler(ctx context.Context, c client.Client, reader client.Reader, args Args) (*SandboxReconciler, error) {
@@ -101,6 +109,7 @@ func newSandboxReconciler(ctx context.Context, c client.Client, reader client.Re
 		notify:    make(chan event.GenericEvent),
 		sandboxes: map[types.UID]*sandboxState{},
 		vmm:       vmm.QEMU{}, mkfs: mkfsPath(),
+		hostAddrs: nodeAddrs(), nodeResolvers: nodeResolvers(resolvConf),
 	}
 	if err := os.MkdirAll(filepath.Join(args.StateDir, "vms"), 0o700); err != nil {
 		return nil, fmt.Errorf("failed to create the state directory: %w", err)
@@ -284,6 +293,7 @@ func (r *SandboxReconciler) observe(sbx *sandboxv1alpha1.Sandbox, st *sandboxSta
 			vm.State = sandboxv1alpha1.VMRunning
 		}
 	}
+	observeNetwork(sbx, st, h, snap.exitedAt.IsZero())
 	if !snap.exitedAt.IsZero() {
 		if vm.State == sandboxv1alpha1.VMExited {
 			return ctrl.Result{}
@@ -491,6 +501,10 @@ func (r *SandboxReconciler) boot(ctx context.Context, sbx *sandboxv1alpha1.Sandb
 		Accel: vmm.Accel(r.accel), TSCkHz: r.tscKHz, RunDir: dir,
 		RootDisk: img.RootfsPath, Disks: disks, Binary: r.args.QEMUBinary, CgroupParent: r.args.CgroupParent,
 	}
+	if networkEnabled(sbx) {
+		plan.start.Network = guestNetwork()
+		cfg.Network = vmNetworkDevice()
+	}
 	if plan.upperMiB > 0 {
 		cfg.KernelArgs = append(cfg.KernelArgs, "sandbox.upper="+upperSerial)
 	} else {
@@ -513,6 +527,12 @@ func (r *SandboxReconciler) boot(ctx context.Context, sbx *sandboxv1alpha1.Sandb
 	}
 	h := r.newHandle(j, vm, dir)
 	h.config = &plan.start
+	if networkEnabled(sbx) {
+		if err := r.startNetwork(log, sbx, h); err != nil {
+			_ = vm.Kill(context.Background())
+			return fail("Failed to start the sandbox's network: " + err.Error())
+		}
+	}
 	r.attachLog(ctx, h, fmt.Sprintf("run %d: VM started (pid %d)", j.Run, h.pid))
 	st.handle = h
 	st.report.VM.State = sandboxv1alpha1.VMBooting
@@ -562,6 +582,13 @@ func (r *SandboxReconciler) adopt(ctx context.Context, sbx *sandboxv1alpha1.Sand
 	}
 	h := r.newHandle(j, vm, dir)
 	h.adopted = true
+	if networkEnabled(sbx) {
+		// A new stack with the same addresses: the guest's network
+		// carries on (flows open across the restart are reset).
+		if err := r.startNetwork(log, sbx, h); err != nil {
+			log.Error(err, "Failed to restart the sandbox's network; the VM runs without it")
+		}
+	}
 	r.attachLog(ctx, h, fmt.Sprintf("run %d: VM re-adopted after a node agent restart (pid %d)", j.Run, h.pid))
 	if vmStatus := st.report.VM; vmStatus.State == sandboxv1alpha1.VMDraining {
 		// The earlier agent was stopping it: finish the stop.
@@ -672,7 +699,11 @@ func (r *SandboxReconciler) apply(ctx context.Context, sbx *sandboxv1alpha1.Sand
 		}
 		return fmt.Errorf("failed to apply the status of Sandbox %s: %w", klog.KObj(sbx), err)
 	}
-	cp := report{ImageDigest: rep.ImageDigest, Timings: *rep.Timings.DeepCopy()}
+	for _, p := range rep.Ports {
+		status.WithPorts(sandboxv1alpha1ac.PortStatus().WithGuestPort(p.GuestPort).WithProtocol(p.Protocol).
+			WithHostIP(p.HostIP).WithHostPort(p.HostPort))
+	}
+	cp := report{ImageDigest: rep.ImageDigest, Timings: *rep.Timings.DeepCopy(), Ports: slices.Clone(rep.Ports)}
 	if rep.VM != nil {
 		cp.VM = rep.VM.DeepCopy()
 	}

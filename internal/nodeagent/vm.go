@@ -52,6 +52,8 @@ type vmHandle struct {
 	output func(stderr bool, data []byte)
 	// log is the sandbox's output log (nil: none), closed when the VM exits.
 	log *sandboxlog.Writer
+	// net is the VM's network on the node (nil: no NIC).
+	net *vmNet
 	// attachers are the clients attached to the main process's output.
 	attachMu  sync.Mutex
 	attachers map[*attacher]struct{}
@@ -129,8 +131,14 @@ func (h *vmHandle) watch(ctx context.Context, notify chan<- event.GenericEvent) 
 	case <-ctx.Done():
 		h.closeGuest()
 		<-talkDone
+		if h.net != nil {
+			h.net.close() // the next agent process makes a new one
+		}
 		_ = h.vm.Close()
 		return
+	}
+	if h.net != nil {
+		h.net.close()
 	}
 	h.mu.Lock()
 	h.exitedAt = time.Now()

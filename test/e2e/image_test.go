@@ -34,6 +34,7 @@ var busyboxApplets = []string{
 	"sh", "id", "hostname", "cat", "ls", "pwd", "sleep", "echo", "env", "test",
 	"readlink", "true", "false", "mkdir", "touch", "whoami", "uname",
 	"sha256sum", "stty", // the access API's exec specs
+	"httpd", "wget", // the network specs
 }
 
 // testImage is the image the VM specs boot: a static busybox with its

@@ -284,6 +284,8 @@ func nodeAgentVMSpecs(input NodeAgentVMSpecInput) {
 				bin:        agentBin,
 				logPath:    filepath.Join(workDir, "node-agent-"+n+".log"),
 				healthAddr: freeLoopbackAddr(),
+				// Prometheus: the network specs read denials there.
+				metricsAddr: freeLoopbackAddr(),
 			}}
 			a.args = []string{
 				"--node-name=" + n,
@@ -297,7 +299,7 @@ func nodeAgentVMSpecs(input NodeAgentVMSpecInput) {
 				"--kernel=" + kernel,
 				"--guest-modules=" + modules,
 				"--sandbox-init=" + initBin,
-				"--metrics-bind-address=0",
+				"--metrics-bind-address=" + a.metricsAddr,
 				"--health-probe-bind-address=" + a.healthAddr,
 				// Published in SandboxNode status.access (port 0: the one bound).
 				"--access-bind-address=127.0.0.1:0",
@@ -331,7 +333,7 @@ func nodeAgentVMSpecs(input NodeAgentVMSpecInput) {
 			fmt.Fprintf(w, "---- kubectl %s ----\n%s\n", strings.Join(args, " "), out)
 		}
 		if watch != nil {
-			for _, n := range []string{probe, crasher, fails} {
+			for _, n := range []string{probe, crasher, fails, "netallow"} {
 				fmt.Fprintf(w, "---- what the watch saw of %s ----\n%s", n, watch.describe(n))
 			}
 		}
@@ -517,6 +519,8 @@ func nodeAgentVMSpecs(input NodeAgentVMSpecInput) {
     `+poolLabel+`: `+poolValue+`
     `+hostnameLabel+`: `+otherNode+`
   restartPolicy: OnFailure
+  network:
+    enabled: false
 `)))
 
 		By("seeing probe Running through the watch")
@@ -587,6 +591,21 @@ func nodeAgentVMSpecs(input NodeAgentVMSpecInput) {
 	})
 
 	plugin := pluginSpecs(PluginSpecInput{Namespace: vmNamespace, Sandbox: probe, Timing: timing})
+
+	networkSpecs(NetworkSpecInput{
+		Namespace: vmNamespace, Public: probe, Offline: crasher, Timing: timing,
+		Agent: func(node string) *agentProcess { return agentsOn[node] },
+		Apply: func(name, body string) string {
+			GinkgoHelper()
+			applied := time.Now()
+			mustKubectl("apply", "-f", writeManifest(name+".yaml", sandboxYAML(name, body)))
+			return watch.waitPhase(name, sandboxv1alpha1.PhaseRunning, applied, input.BootTimeout).sandbox.Status.NodeName
+		},
+		Delete: func(name string) {
+			GinkgoHelper()
+			mustKubectl("delete", "sbx", name, "-n", vmNamespace, "--timeout=60s")
+		},
+	})
 
 	It("reports kill -9 of a VM's QEMU as Crashed within 2 s, with the crash in the Ready condition", func() {
 		cur := watch.latest(crasher)
