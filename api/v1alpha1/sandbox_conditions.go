@@ -56,6 +56,32 @@ const (
 	ReasonCrashed = "Crashed"
 )
 
+// ServiceReady condition (owner: manager): whether the manager keeps the
+// Sandbox's Service and EndpointSlices, so that <sandbox>.<namespace>.svc
+// reaches its published ports. Absent while no ports are published. True
+// does not mean the endpoints serve: they are ready exactly in phase
+// Running, and ports bound to loopback are never in them.
+const (
+	// ConditionServiceReady is True while the Sandbox's Service and
+	// EndpointSlices match its published ports.
+	ConditionServiceReady = "ServiceReady"
+
+	// ReasonServiceSynced (True): the Service and EndpointSlices are up to
+	// date; the message names the ports that are not reachable in the
+	// cluster and why (bound to loopback, no node address of the family).
+	ReasonServiceSynced = "Synced"
+	// ReasonServiceConflict (False): a Service of the Sandbox's name exists
+	// and is not controlled by this Sandbox. The manager leaves it alone
+	// and keeps no EndpointSlices (they would attach to that Service);
+	// retried when that Service changes or goes away.
+	ReasonServiceConflict = "ServiceConflict"
+	// ReasonServiceInvalid (False): no valid Service can be made: the
+	// Sandbox's name is not a DNS-1035 label, or the published ports'
+	// Service port names are invalid or collide. The message says which;
+	// fixed only by changing the Sandbox.
+	ReasonServiceInvalid = "ServiceInvalid"
+)
+
 // Draining condition (owner: node agent): True while a stop is in progress
 // (new exec sessions are refused).
 const (

@@ -110,7 +110,7 @@ func (r TerminationReason) IsRequested() bool {
 //   - the manager (field manager "sandbox-manager"): phase, observedGeneration,
 //     nodeName, run, restartCount, startedAt, stoppedAt, exitCode,
 //     terminationReason, stopRequest, timings.scheduledMillis and the
-//     conditions Scheduled and Ready;
+//     conditions Scheduled, Ready and ServiceReady;
 //   - the node agent (field manager "sandbox-node-agent"): vm, imageDigest,
 //     ports, the other timings and the conditions ImageReady and Draining.
 //
@@ -122,7 +122,8 @@ type SandboxStatus struct {
 	// +optional
 	Phase SandboxPhase `json:"phase,omitempty"`
 
-	// conditions hold the details: Scheduled, ImageReady, Ready and Draining.
+	// conditions hold the details: Scheduled, ImageReady, Ready, Draining
+	// and, with published ports, ServiceReady.
 	// +optional
 	// +listType=map
 	// +listMapKey=type

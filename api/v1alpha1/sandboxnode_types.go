@@ -116,6 +116,17 @@ type SandboxNodeStatus struct {
 	// +optional
 	Access *NodeAccess `json:"access,omitempty"`
 
+	// addresses are the node's addresses as the agent reports them (type
+	// InternalIP, from the agent's --node-address, in a DaemonSet the
+	// downward API's status.hostIP). The manager points a Sandbox's
+	// EndpointSlices at the InternalIP of the family a published port binds.
+	// Unset: the agent was given none, and ports bound to 0.0.0.0 or :: are
+	// not reachable through the Sandbox's Service.
+	// +optional
+	// +listType=atomic
+	// +kubebuilder:validation:MaxItems=16
+	Addresses []corev1.NodeAddress `json:"addresses,omitempty"`
+
 	// conditions: Ready is True while the agent runs and can boot VMs.
 	// +optional
 	// +listType=map

@@ -779,6 +779,11 @@ func (in *SandboxNodeStatus) DeepCopyInto(out *SandboxNodeStatus) {
 		*out = new(NodeAccess)
 		**out = **in
 	}
+	if in.Addresses != nil {
+		in, out := &in.Addresses, &out.Addresses
+		*out = make([]corev1.NodeAddress, len(*in))
+		copy(*out, *in)
+	}
 	if in.Conditions != nil {
 		in, out := &in.Conditions, &out.Conditions
 		*out = make([]v1.Condition, len(*in))

@@ -8,6 +8,8 @@ import (
 	"time"
 
 	coordinationv1 "k8s.io/api/coordination/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
+	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/runtime"
 	utilruntime "k8s.io/apimachinery/pkg/util/runtime"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
@@ -89,6 +91,12 @@ func main() {
 			// in the cluster.
 			ByObject: map[client.Object]cache.ByObject{
 				&coordinationv1.Lease{}: {Namespaces: map[string]cache.Config{leaseNamespace: {}}},
+				// Only the EndpointSlices of Sandboxes' Services (Services
+				// are cached whole: a foreign one of a Sandbox's name must
+				// be seen to be left alone).
+				&discoveryv1.EndpointSlice{}: {Label: labels.SelectorFromSet(labels.Set{
+					discoveryv1.LabelManagedBy: controller.EndpointSliceManagedBy,
+				})},
 			},
 		},
 	})

@@ -5,7 +5,10 @@ package main
 
 import (
 	"flag"
+	"fmt"
+	"net/netip"
 	"os"
+	"strings"
 
 	_ "k8s.io/client-go/plugin/pkg/client/auth"
 	ctrl "sigs.k8s.io/controller-runtime"
@@ -31,6 +34,19 @@ func main() {
 	flag.StringVar(&args.QEMUBinary, "qemu", args.QEMUBinary, "The QEMU binary.")
 	flag.StringVar(&args.AccessAddr, "access-bind-address", "", "Where to serve the access API's backend (exec, logs, files, metrics) to the manager, with mutual TLS; empty serves none.")
 	flag.StringVar(&args.AccessAdvertise, "access-advertise-address", "", "The host:port the manager dials for the access API (default: --access-bind-address; port 0 means the one bound).")
+	flag.Func("node-address", "An IP address of this node that the cluster reaches, published as the SandboxNode's InternalIP for Sandboxes' Services (repeatable or comma-separated; in a DaemonSet, the downward API's status.hostIP). Unset publishes none.", func(v string) error {
+		for f := range strings.SplitSeq(v, ",") {
+			a, err := netip.ParseAddr(strings.TrimSpace(f))
+			if err != nil {
+				return err
+			}
+			if a.IsUnspecified() || a.Zone() != "" {
+				return fmt.Errorf("%s is not an address other nodes can reach", a)
+			}
+			args.NodeAddresses = append(args.NodeAddresses, a.Unmap())
+		}
+		return nil
+	})
 	flag.StringVar(&args.CgroupParent, "cgroup-parent", args.CgroupParent, "A cgroup v2 directory under which each VMM gets its own cgroup with the sandbox's CPU and memory limits (empty: VMMs stay in the agent's cgroup).")
 	flag.StringVar(&args.StateDir, "state-dir", args.StateDir, "Directory of the VMs' run directories, the image cache and the initramfs (empty: the agent runs no sandboxes).")
 	flag.StringVar(&args.ImageDir, "image-dir", args.ImageDir, "Root of the image cache (default <state-dir>/images).")

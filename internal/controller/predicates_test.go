@@ -33,6 +33,9 @@ func TestActionableChange(t *testing.T) {
 		}, false},
 		{"a spec change is news", func(s *sandboxv1alpha1.Sandbox) { s.Generation = 2 }, true},
 		{"the agent's VM report is news", func(s *sandboxv1alpha1.Sandbox) { s.Status.VM.State = sandboxv1alpha1.VMRunning }, true},
+		{"the agent's published ports are news", func(s *sandboxv1alpha1.Sandbox) {
+			s.Status.Ports = []sandboxv1alpha1.PortStatus{{GuestPort: 80, Protocol: sandboxv1alpha1.ProtocolTCP, HostIP: "0.0.0.0", HostPort: 8080}}
+		}, true},
 		{"a new run (the manager's own write) is not news", func(s *sandboxv1alpha1.Sandbox) { s.Status.Run = 2 }, false},
 		{"deletion is news", func(s *sandboxv1alpha1.Sandbox) { s.DeletionTimestamp = &now }, true},
 	}

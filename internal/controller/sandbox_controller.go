@@ -10,6 +10,8 @@ import (
 	"time"
 
 	coordinationv1 "k8s.io/api/coordination/v1"
+	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
 	apiequality "k8s.io/apimachinery/pkg/api/equality"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/types"
@@ -159,6 +161,12 @@ func (r *SandboxReconciler) reconcileNormal(ctx context.Context, s *scope) (ctrl
 		res = lowestRequeue(res, stepRes)
 	}
 	updatePhaseAndReady(s)
+	// After the phase: the Service's endpoints are ready exactly in Running.
+	svcRes, err := r.reconcileService(ctx, s)
+	if err != nil {
+		errs = append(errs, err)
+	}
+	res = lowestRequeue(res, svcRes)
 	return res, errors.Join(errs...)
 }
 
@@ -169,6 +177,12 @@ func (r *SandboxReconciler) reconcileDelete(ctx context.Context, sbx *sandboxv1a
 	log := ctrl.LoggerFrom(ctx)
 	if !controllerutil.ContainsFinalizer(sbx, sandboxv1alpha1.ManagerFinalizer) {
 		return ctrl.Result{}, nil
+	}
+	// The Service and its EndpointSlices go first: nothing should route to
+	// a VM being torn down, and a cluster without the garbage collector
+	// (kube-controller-manager) would otherwise keep them.
+	if err := r.removeService(ctx, sbx); err != nil {
+		return ctrl.Result{}, err
 	}
 	release := []string{sandboxv1alpha1.ManagerFinalizer}
 	if controllerutil.ContainsFinalizer(sbx, sandboxv1alpha1.NodeAgentFinalizer) {
@@ -280,6 +294,11 @@ func (r *SandboxReconciler) SetupWithManager(mgr ctrl.Manager) error {
 				DeleteFunc:  func(e event.DeleteEvent) bool { return true },
 				GenericFunc: func(event.GenericEvent) bool { return false },
 			})).
+		// The Sandbox's EndpointSlices; and Services by name rather than
+		// Owns: a foreign Service that blocks the Sandbox's own must bring
+		// a pass when it goes away.
+		Owns(&discoveryv1.EndpointSlice{}).
+		Watches(&corev1.Service{}, handler.EnqueueRequestsFromMapFunc(r.sandboxForService)).
 		WithOptions(controller.Options{MaxConcurrentReconciles: workers}).
 		Named("sandbox").
 		Complete(r)
@@ -293,7 +312,9 @@ func actionableChange(old, cur *sandboxv1alpha1.Sandbox) bool {
 		// Finalizers matter while deleting (the agent removing its own);
 		// before that the only change is the manager's own patch.
 		(cur.DeletionTimestamp != nil && !slices.Equal(old.Finalizers, cur.Finalizers)) ||
-		!apiequality.Semantic.DeepEqual(old.Status.VM, cur.Status.VM)
+		!apiequality.Semantic.DeepEqual(old.Status.VM, cur.Status.VM) ||
+		// Where the agent listens: the Service's EndpointSlices follow.
+		!apiequality.Semantic.DeepEqual(old.Status.Ports, cur.Status.Ports)
 }
 
 // holdsCapacity reports whether a sandbox counts against its node (see claims).

@@ -17,7 +17,7 @@ import (
 )
 
 // managerConditions are the condition types the manager owns.
-var managerConditions = []string{sandboxv1alpha1.ConditionScheduled, sandboxv1alpha1.ConditionReady}
+var managerConditions = []string{sandboxv1alpha1.ConditionScheduled, sandboxv1alpha1.ConditionReady, sandboxv1alpha1.ConditionServiceReady}
 
 // managerView keeps only the manager-owned fields of a status (see
 // SandboxStatus), so that two statuses can be compared for what this

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/netip"
 	"time"
 
 	coordinationv1 "k8s.io/api/coordination/v1"
@@ -73,6 +74,12 @@ type Args struct {
 	MetricsAddr, ProbeAddr string
 	// Labels are added to the SandboxNode, over the Node's labels.
 	Labels map[string]string
+	// NodeAddresses are published as the SandboxNode's InternalIP
+	// addresses, where the manager points Sandboxes' Services (in a
+	// DaemonSet: the downward API's status.hostIP). Empty publishes none:
+	// the agent does not guess which of the host's addresses the cluster
+	// reaches.
+	NodeAddresses []netip.Addr
 
 	// StateDir holds the VMs' run directories (<StateDir>/vms/<uid>), the
 	// image cache (unless ImageDir is set) and the built initramfs. Empty

@@ -140,6 +140,9 @@ func (h *heartbeat) report(ctx context.Context, host Host, running bool) error {
 	if host.Accelerator != "" {
 		st.WithAccelerator(host.Accelerator)
 	}
+	for _, a := range h.args.NodeAddresses {
+		st.WithAddresses(corev1.NodeAddress{Type: corev1.NodeInternalIP, Address: a.String()})
+	}
 	if h.access != nil && running {
 		st.WithAccess(sandboxv1alpha1ac.NodeAccess().WithEndpoint(h.access.Endpoint).WithCertificate(h.access.Certificate))
 	}

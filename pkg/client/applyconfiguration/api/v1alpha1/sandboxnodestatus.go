@@ -20,7 +20,8 @@ package v1alpha1
 
 import (
 	apiv1alpha1 "github.com/microvm-dev/sandbox-operator/api/v1alpha1"
-	v1 "k8s.io/client-go/applyconfigurations/meta/v1"
+	v1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/client-go/applyconfigurations/meta/v1"
 )
 
 // SandboxNodeStatusApplyConfiguration represents a declarative configuration of the SandboxNodeStatus type for use
@@ -45,8 +46,15 @@ type SandboxNodeStatusApplyConfiguration struct {
 	// logs, files and metrics to the manager's access API. Unset: the agent
 	// serves no access.
 	Access *NodeAccessApplyConfiguration `json:"access,omitempty"`
+	// addresses are the node's addresses as the agent reports them (type
+	// InternalIP, from the agent's --node-address, in a DaemonSet the
+	// downward API's status.hostIP). The manager points a Sandbox's
+	// EndpointSlices at the InternalIP of the family a published port binds.
+	// Unset: the agent was given none, and ports bound to 0.0.0.0 or :: are
+	// not reachable through the Sandbox's Service.
+	Addresses []v1.NodeAddress `json:"addresses,omitempty"`
 	// conditions: Ready is True while the agent runs and can boot VMs.
-	Conditions []v1.ConditionApplyConfiguration `json:"conditions,omitempty"`
+	Conditions []metav1.ConditionApplyConfiguration `json:"conditions,omitempty"`
 }
 
 // SandboxNodeStatusApplyConfiguration constructs a declarative configuration of the SandboxNodeStatus type for use with
@@ -105,10 +113,20 @@ func (b *SandboxNodeStatusApplyConfiguration) WithAccess(value *NodeAccessApplyC
 	return b
 }
 
+// WithAddresses adds the given value to the Addresses field in the declarative configuration
+// and returns the receiver, so that objects can be build by chaining "With" function invocations.
+// If called multiple times, values provided by each call will be appended to the Addresses field.
+func (b *SandboxNodeStatusApplyConfiguration) WithAddresses(values ...v1.NodeAddress) *SandboxNodeStatusApplyConfiguration {
+	for i := range values {
+		b.Addresses = append(b.Addresses, values[i])
+	}
+	return b
+}
+
 // WithConditions adds the given value to the Conditions field in the declarative configuration
 // and returns the receiver, so that objects can be build by chaining "With" function invocations.
 // If called multiple times, values provided by each call will be appended to the Conditions field.
-func (b *SandboxNodeStatusApplyConfiguration) WithConditions(values ...*v1.ConditionApplyConfiguration) *SandboxNodeStatusApplyConfiguration {
+func (b *SandboxNodeStatusApplyConfiguration) WithConditions(values ...*metav1.ConditionApplyConfiguration) *SandboxNodeStatusApplyConfiguration {
 	for i := range values {
 		if values[i] == nil {
 			panic("nil value passed to WithConditions")

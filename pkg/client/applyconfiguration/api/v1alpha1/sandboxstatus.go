@@ -34,7 +34,7 @@ import (
 // - the manager (field manager "sandbox-manager"): phase, observedGeneration,
 // nodeName, run, restartCount, startedAt, stoppedAt, exitCode,
 // terminationReason, stopRequest, timings.scheduledMillis and the
-// conditions Scheduled and Ready;
+// conditions Scheduled, Ready and ServiceReady;
 // - the node agent (field manager "sandbox-node-agent"): vm, imageDigest,
 // ports, the other timings and the conditions ImageReady and Draining.
 //
@@ -44,7 +44,8 @@ import (
 type SandboxStatusApplyConfiguration struct {
 	// phase is the headline state, derived from the rest of the status.
 	Phase *apiv1alpha1.SandboxPhase `json:"phase,omitempty"`
-	// conditions hold the details: Scheduled, ImageReady, Ready and Draining.
+	// conditions hold the details: Scheduled, ImageReady, Ready, Draining
+	// and, with published ports, ServiceReady.
 	Conditions []v1.ConditionApplyConfiguration `json:"conditions,omitempty"`
 	// observedGeneration is the metadata.generation the manager last acted on.
 	ObservedGeneration *int64 `json:"observedGeneration,omitempty"`
