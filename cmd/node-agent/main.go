@@ -47,6 +47,7 @@ func main() {
 		}
 		return nil
 	})
+	flag.StringVar(&args.EgressCABundle, "egress-ca-bundle", args.EgressCABundle, "A PEM file of extra root certificates the secrets proxy trusts when it verifies the servers sandboxes send network.secrets to (besides the node's roots).")
 	flag.StringVar(&args.CgroupParent, "cgroup-parent", args.CgroupParent, "A cgroup v2 directory under which each VMM gets its own cgroup with the sandbox's CPU and memory limits (empty: VMMs stay in the agent's cgroup).")
 	flag.StringVar(&args.StateDir, "state-dir", args.StateDir, "Directory of the VMs' run directories, the image cache and the initramfs (empty: the agent runs no sandboxes).")
 	flag.StringVar(&args.ImageDir, "image-dir", args.ImageDir, "Root of the image cache (default <state-dir>/images).")

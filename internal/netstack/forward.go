@@ -39,6 +39,27 @@ func (n *Net) forwardTCP(r *tcp.ForwarderRequest) {
 		r.Complete(true) // a reset: the guest's connect fails at once
 		return
 	}
+	if i := n.interceptor; i != nil && i.Intercepts(target) {
+		// The interceptor dials the destination itself (and answers the
+		// guest when it cannot).
+		var wq waiter.Queue
+		ep, terr := r.CreateEndpoint(&wq)
+		r.Complete(false)
+		if terr != nil {
+			return
+		}
+		n.Stats.TCPAllowed.Add(1)
+		guest := gonet.NewTCPConn(&wq, ep)
+		go func() {
+			stop := context.AfterFunc(n.ctx, func() { _ = guest.Close() })
+			defer stop()
+			if err := i.Handle(n.ctx, guest, target); err != nil {
+				n.cfg.Log.V(4).Info("Intercepted connection ended", "destination", target.String(), "error", err.Error())
+			}
+			_ = guest.Close()
+		}()
+		return
+	}
 	// Dial before completing the guest's handshake, so that a refused or
 	// unreachable destination is a reset for the guest too.
 	ctx, cancel := context.WithTimeout(n.ctx, dialTimeout)

@@ -102,6 +102,27 @@ type Net struct {
 	Denials *netpolicy.Denials
 	// Stats counts flows, queries and bytes.
 	Stats Stats
+
+	interceptor Interceptor
+}
+
+// Interceptor takes over allowed guest TCP connections instead of a plain
+// splice (the secrets proxy, internal/egressproxy).
+type Interceptor interface {
+	// Intercepts says whether connections to dst (the node-side target)
+	// go to Handle.
+	Intercepts(dst netip.AddrPort) bool
+	// Handle serves one guest connection to dst until it ends.
+	Handle(ctx context.Context, guest net.Conn, dst netip.AddrPort) error
+}
+
+// SetInterceptor hands allowed TCP connections that i intercepts to i.
+// Call it before Serve.
+func (n *Net) SetInterceptor(i Interceptor) { n.interceptor = i }
+
+// Dial is the stack's dialler of node-side connections (Config.Dial).
+func (n *Net) Dial(ctx context.Context, network, address string) (net.Conn, error) {
+	return n.cfg.Dial(ctx, network, address)
 }
 
 // New makes the stack and its resolver. Serve connects it to the VM.

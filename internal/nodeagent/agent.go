@@ -64,6 +64,10 @@ type Args struct {
 	// DaemonSet it must lie outside the agent container's cgroup, or a
 	// container restart kills the VMs with it.
 	CgroupParent string
+	// EgressCABundle is a PEM file of extra root certificates the secrets
+	// proxy trusts (besides the node's) when it verifies the servers that
+	// sandboxes send secrets to; "" means the node's roots only.
+	EgressCABundle string
 	// AccessAddr is where the agent serves the access API's backend
 	// (mutual TLS; "" serves none), and AccessAdvertise the host:port the
 	// manager dials (published in SandboxNode status.access; a port 0 is

@@ -2,19 +2,26 @@ package nodeagent
 
 import (
 	"context"
+	"crypto/x509"
+	"encoding/pem"
 	"fmt"
 	"net"
 	"net/netip"
+	"os"
+	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
 	"time"
 
 	"github.com/go-logr/logr"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"github.com/miekg/dns"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	sandboxv1alpha1 "github.com/microvm-dev/sandbox-operator/api/v1alpha1"
+	"github.com/microvm-dev/sandbox-operator/internal/access"
+	"github.com/microvm-dev/sandbox-operator/internal/egressproxy"
 	"github.com/microvm-dev/sandbox-operator/internal/guest/protocol"
 	"github.com/microvm-dev/sandbox-operator/internal/netpolicy"
 	"github.com/microvm-dev/sandbox-operator/internal/netstack"
@@ -115,7 +122,7 @@ type vmNet struct {
 // startNetwork makes h's stack, links it to the VM and opens the published
 // ports. A policy that does not compile is an error (admission checks the
 // same rules, so it means an agent older than the API).
-func (r *SandboxReconciler) startNetwork(log logr.Logger, sbx *sandboxv1alpha1.Sandbox, h *vmHandle) error {
+func (r *SandboxReconciler) startNetwork(log logr.Logger, sbx *sandboxv1alpha1.Sandbox, h *vmHandle, objs objects) error {
 	policy, err := netpolicy.Compile(sbx.Spec.Network, netpolicy.HostInfo{Addrs: r.hostAddrs, Resolver: netstack.DefaultResolver})
 	if err != nil {
 		return err
@@ -127,6 +134,14 @@ func (r *SandboxReconciler) startNetwork(log logr.Logger, sbx *sandboxv1alpha1.S
 	st, err := netstack.New(cfg)
 	if err != nil {
 		return err
+	}
+	if hasSecrets(sbx) {
+		p, err := r.secretsProxy(log, sbx, h.runDir, st, objs)
+		if err != nil {
+			st.Close()
+			return err
+		}
+		st.SetInterceptor(p)
 	}
 	ctx, cancel := context.WithCancel(r.ctx)
 	vn := &vmNet{stack: st, cancel: cancel}
@@ -226,3 +241,169 @@ func observeNetwork(sbx *sandboxv1alpha1.Sandbox, st *sandboxState, h *vmHandle,
 	}
 	setCond(st, sbx, sandboxv1alpha1.ConditionNetworkReady, metav1.ConditionTrue, sandboxv1alpha1.ReasonNetworkConfigured, trim(msg))
 }
+
+// Secrets that never enter the VM (spec.network.secrets): the guest's env
+// holds a placeholder; the VM's stack hands its HTTP(S) connections to the
+// secrets proxy (internal/egressproxy), which substitutes the real value
+// for the allowed hosts and blocks the placeholder elsewhere. TLS is
+// intercepted with a CA of the sandbox's own, which the guest trusts
+// (installed by patches before the main process starts) and which lives in
+// the run directory, so that an agent that re-adopts the VM intercepts with
+// the same.
+
+// egressCAFile holds the sandbox's egress CA, certificate and key.
+const egressCAFile = "egress-ca.pem"
+
+// egressCAValidity bounds the egress CA: far beyond any run.
+const egressCAValidity = 10 * 365 * 24 * time.Hour
+
+// guestCABundle is where the guest's TLS clients find trusted roots
+// (Debian's, which Go, OpenSSL and GnuTLS read); the CA is appended to it
+// and also written alone next to it.
+const (
+	guestCABundle = "/etc/ssl/certs/ca-certificates.crt"
+	guestCAFile   = "/etc/ssl/certs/sandbox-egress-ca.crt"
+)
+
+func hasSecrets(sbx *sandboxv1alpha1.Sandbox) bool {
+	return networkEnabled(sbx) && sbx.Spec.Network != nil && len(sbx.Spec.Network.Secrets) > 0
+}
+
+// placeholderOf is the value the guest sees for a secret.
+func placeholderOf(s sandboxv1alpha1.NetworkSecret) string {
+	if s.Placeholder != "" {
+		return s.Placeholder
+	}
+	return "$SANDBOX_SECRET_" + s.EnvVar
+}
+
+// planSecrets resolves the sandbox's network secrets: the proxy's view
+// (with the values) and the guest's environment (placeholders only). A
+// missing Secret or key is an error the caller retries.
+func planSecrets(sbx *sandboxv1alpha1.Sandbox, objs objects) ([]egressproxy.Secret, []string, error) {
+	var secrets []egressproxy.Secret
+	var env []string
+	for _, ns := range sbx.Spec.Network.Secrets {
+		data, err := objs.secret(ns.SecretKeyRef.Name)
+		if err != nil {
+			return nil, nil, err
+		}
+		v, ok := data[ns.SecretKeyRef.Key]
+		if !ok {
+			return nil, nil, fmt.Errorf("network secret %s: key %q of Secret %s not found", ns.EnvVar, ns.SecretKeyRef.Key, ns.SecretKeyRef.Name)
+		}
+		s := egressproxy.Secret{Name: ns.EnvVar, Placeholder: placeholderOf(ns), Value: v, AllowedHosts: ns.AllowedHosts,
+			Headers: true, BasicAuth: true}
+		if in := ns.Injection; in != nil {
+			s.Headers = in.Headers == nil || *in.Headers
+			s.BasicAuth = in.BasicAuth == nil || *in.BasicAuth
+			s.QueryParams, s.Body = in.QueryParams, in.Body
+		}
+		secrets = append(secrets, s)
+		env = append(env, ns.EnvVar+"="+s.Placeholder)
+	}
+	return secrets, env, nil
+}
+
+// withEnv sets vars (KEY=VALUE) in env, replacing earlier values.
+func withEnv(env, vars []string) []string {
+	keys := map[string]bool{}
+	for _, v := range vars {
+		k, _, _ := strings.Cut(v, "=")
+		keys[k] = true
+	}
+	out := slices.DeleteFunc(slices.Clone(env), func(e string) bool {
+		k, _, _ := strings.Cut(e, "=")
+		return keys[k]
+	})
+	return append(out, vars...)
+}
+
+// egressCA loads the sandbox's egress CA from its run directory, or makes
+// and stores one when create is set.
+func egressCA(dir string, create bool) (*access.CA, error) {
+	path := filepath.Join(dir, egressCAFile)
+	if b, err := os.ReadFile(path); err == nil {
+		var certPEM, keyPEM []byte
+		for rest := b; ; {
+			var blk *pem.Block
+			if blk, rest = pem.Decode(rest); blk == nil {
+				break
+			}
+			switch blk.Type {
+			case "CERTIFICATE":
+				certPEM = pem.EncodeToMemory(blk)
+			case "EC PRIVATE KEY":
+				keyPEM = pem.EncodeToMemory(blk)
+			}
+		}
+		return access.ParseCA(certPEM, keyPEM)
+	} else if !create {
+		return nil, fmt.Errorf("the sandbox's egress CA: %w", err)
+	}
+	ca, err := access.NewCA("sandbox-operator egress CA", egressCAValidity)
+	if err != nil {
+		return nil, err
+	}
+	der, err := x509.MarshalECPrivateKey(ca.Key)
+	if err != nil {
+		return nil, err
+	}
+	b := append(slices.Clone(ca.CertPEM), pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: der})...)
+	if err := os.WriteFile(path, b, 0o600); err != nil {
+		return nil, fmt.Errorf("storing the sandbox's egress CA: %w", err)
+	}
+	return ca, nil
+}
+
+// trustPatches install the egress CA in the guest's trust store.
+func trustPatches(ca *access.CA) []protocol.Patch {
+	return []protocol.Patch{
+		{Type: protocol.PatchText, Path: guestCAFile, Content: ca.CertPEM, Mode: 0o644},
+		{Type: protocol.PatchAppend, Path: guestCABundle, Content: ca.CertPEM, Mode: 0o644},
+	}
+}
+
+// egressRoots are the roots the secrets proxy verifies destinations with:
+// the node's and those of the bundle file, if any.
+func egressRoots(bundle string) (*x509.CertPool, error) {
+	pool, err := x509.SystemCertPool()
+	if err != nil || pool == nil {
+		pool = x509.NewCertPool()
+	}
+	if bundle == "" {
+		return pool, nil
+	}
+	b, err := os.ReadFile(bundle)
+	if err != nil {
+		return nil, fmt.Errorf("reading the egress CA bundle: %w", err)
+	}
+	if !pool.AppendCertsFromPEM(b) {
+		return nil, fmt.Errorf("the egress CA bundle %s holds no PEM certificate", bundle)
+	}
+	return pool, nil
+}
+
+// secretsProxy makes the VM's secrets proxy on its stack.
+func (r *SandboxReconciler) secretsProxy(log logr.Logger, sbx *sandboxv1alpha1.Sandbox, dir string, st *netstack.Net, objs objects) (*egressproxy.Proxy, error) {
+	secrets, _, err := planSecrets(sbx, objs)
+	if err != nil {
+		return nil, err
+	}
+	ca, err := egressCA(dir, false)
+	if err != nil {
+		return nil, err
+	}
+	return &egressproxy.Proxy{CA: ca, Secrets: secrets, RootCAs: r.egressRoots, Dial: st.Dial, NamesOf: st.Names.Lookup,
+		OnViolation: func(v egressproxy.Violation) {
+			// Counted with the flow denials (class "secret"); never the value.
+			st.Denials.Record(netpolicy.Flow{Proto: netpolicy.ProtoTCP, Dst: v.Dst, Names: []string{v.Host}},
+				netpolicy.Decision{Rule: netpolicy.RuleNone, Class: classSecret,
+					Reason: fmt.Sprintf("secret %s sent to %s (%s): blocked", v.Secret, v.Host, v.Where)})
+			log.Info("Blocked a secret's placeholder bound for a host it is not allowed to", "secret", v.Secret, "host", v.Host,
+				"where", v.Where)
+		}}, nil
+}
+
+// classSecret is the Denials class of a blocked secret placeholder.
+const classSecret = "secret"

@@ -2,6 +2,7 @@ package nodeagent
 
 import (
 	"context"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"net/netip"
@@ -75,6 +76,8 @@ type SandboxReconciler struct {
 	// Host); nodeResolvers its nameservers, for sandboxes that name none.
 	hostAddrs     []netip.Addr
 	nodeResolvers []string
+	// egressRoots verify the servers sandboxes send secrets to.
+	egressRoots *x509.CertPool
 
 	mu        sync.Mutex
 	sandboxes map[types.UID]*sandboxState
@@ -123,6 +126,9 @@ func newSandboxReconciler(ctx context.Context, c client.Client, reader client.Re
 		return nil, err
 	}
 	r.images = cache
+	if r.egressRoots, err = egressRoots(args.EgressCABundle); err != nil {
+		return nil, err
+	}
 	r.initrd, err = prepareInitrd(args)
 	if err != nil {
 		return nil, err
@@ -505,6 +511,19 @@ func (r *SandboxReconciler) boot(ctx context.Context, sbx *sandboxv1alpha1.Sandb
 		plan.start.Network = guestNetwork()
 		cfg.Network = vmNetworkDevice()
 	}
+	if hasSecrets(sbx) {
+		_, env, err := planSecrets(sbx, objs)
+		if err != nil {
+			st.report.VM.Message = trim("Waiting for the sandbox's network secrets: " + err.Error())
+			return r.retryLater(ctx, st, "Failed to resolve the sandbox's network secrets", err), nil
+		}
+		ca, err := egressCA(dir, true)
+		if err != nil {
+			return fail(err.Error())
+		}
+		plan.start.Env = withEnv(plan.start.Env, env)
+		plan.start.Patches = append(plan.start.Patches, trustPatches(ca)...)
+	}
 	if plan.upperMiB > 0 {
 		cfg.KernelArgs = append(cfg.KernelArgs, "sandbox.upper="+upperSerial)
 	} else {
@@ -528,7 +547,7 @@ func (r *SandboxReconciler) boot(ctx context.Context, sbx *sandboxv1alpha1.Sandb
 	h := r.newHandle(j, vm, dir)
 	h.config = &plan.start
 	if networkEnabled(sbx) {
-		if err := r.startNetwork(log, sbx, h); err != nil {
+		if err := r.startNetwork(log, sbx, h, objs); err != nil {
 			_ = vm.Kill(context.Background())
 			return fail("Failed to start the sandbox's network: " + err.Error())
 		}
@@ -585,7 +604,8 @@ func (r *SandboxReconciler) adopt(ctx context.Context, sbx *sandboxv1alpha1.Sand
 	if networkEnabled(sbx) {
 		// A new stack with the same addresses: the guest's network
 		// carries on (flows open across the restart are reset).
-		if err := r.startNetwork(log, sbx, h); err != nil {
+		objs := &namespaceObjects{ctx: ctx, reader: r.apiReader, namespace: sbx.Namespace}
+		if err := r.startNetwork(log, sbx, h, objs); err != nil {
 			log.Error(err, "Failed to restart the sandbox's network; the VM runs without it")
 		}
 	}
@@ -692,16 +712,16 @@ func (r *SandboxReconciler) apply(ctx context.Context, sbx *sandboxv1alpha1.Sand
 		status.WithConditions(metav1ac.Condition().WithType(c.Type).WithStatus(c.Status).WithReason(c.Reason).
 			WithMessage(c.Message).WithLastTransitionTime(c.LastTransitionTime).WithObservedGeneration(c.ObservedGeneration))
 	}
+	for _, p := range rep.Ports {
+		status.WithPorts(sandboxv1alpha1ac.PortStatus().WithGuestPort(p.GuestPort).WithProtocol(p.Protocol).
+			WithHostIP(p.HostIP).WithHostPort(p.HostPort))
+	}
 	ac := sandboxv1alpha1ac.Sandbox(sbx.Name, sbx.Namespace).WithStatus(status)
 	if err := r.client.Status().Apply(ctx, ac, client.FieldOwner(sandboxv1alpha1.NodeAgentFieldOwner), client.ForceOwnership); err != nil {
 		if apierrors.IsNotFound(err) {
 			return nil
 		}
 		return fmt.Errorf("failed to apply the status of Sandbox %s: %w", klog.KObj(sbx), err)
-	}
-	for _, p := range rep.Ports {
-		status.WithPorts(sandboxv1alpha1ac.PortStatus().WithGuestPort(p.GuestPort).WithProtocol(p.Protocol).
-			WithHostIP(p.HostIP).WithHostPort(p.HostPort))
 	}
 	cp := report{ImageDigest: rep.ImageDigest, Timings: *rep.Timings.DeepCopy(), Ports: slices.Clone(rep.Ports)}
 	if rep.VM != nil {

@@ -12,6 +12,8 @@ import (
 	"log"
 	"net/http/httptest"
 	"os"
+	"os/exec"
+	"path/filepath"
 	"strings"
 
 	"github.com/google/go-containerregistry/pkg/name"
@@ -34,7 +36,7 @@ var busyboxApplets = []string{
 	"sh", "id", "hostname", "cat", "ls", "pwd", "sleep", "echo", "env", "test",
 	"readlink", "true", "false", "mkdir", "touch", "whoami", "uname",
 	"sha256sum", "stty", // the access API's exec specs
-	"httpd", "wget", // the network specs
+	"httpd", "grep", // the network specs
 }
 
 // testImage is the image the VM specs boot: a static busybox with its
@@ -77,6 +79,22 @@ func staticBusybox() ([]byte, string, error) {
 	return nil, "", fmt.Errorf("no static busybox (install busybox-static: hack/setup.sh): %w", errors.Join(errs...))
 }
 
+// buildNettool builds testdata/nettool, static, for the image.
+func buildNettool() ([]byte, error) {
+	dir, err := os.MkdirTemp("", "nettool-")
+	if err != nil {
+		return nil, err
+	}
+	defer func() { _ = os.RemoveAll(dir) }()
+	out := filepath.Join(dir, "nettool")
+	cmd := exec.Command("go", "build", "-trimpath", "-o", out, "./testdata/nettool")
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if b, err := cmd.CombinedOutput(); err != nil {
+		return nil, fmt.Errorf("building testdata/nettool: %v: %s", err, b)
+	}
+	return os.ReadFile(out)
+}
+
 // serveRegistry starts go-containerregistry's in-memory registry on
 // 127.0.0.1 (plain HTTP) and returns it; its URL's host is the registry.
 func serveRegistry() *httptest.Server {
@@ -117,6 +135,11 @@ func pushTestImage(host string) (testImage, error) {
 	for _, a := range busyboxApplets {
 		write(&tar.Header{Name: "bin/" + a, Linkname: "busybox", Mode: 0o777, Typeflag: tar.TypeSymlink}, nil)
 	}
+	nettool, ntErr := buildNettool()
+	if ntErr != nil {
+		return testImage{}, ntErr
+	}
+	write(&tar.Header{Name: "bin/nettool", Mode: 0o755, Typeflag: tar.TypeReg}, nettool)
 	file("etc/passwd", 0o644, "root:x:0:0:root:/root:/bin/sh\n"+
 		fmt.Sprintf("app:x:%d:%d::/home/app:/bin/sh\n", appUID, appGID))
 	file("etc/group", 0o644, "root:x:0:\n"+fmt.Sprintf("app:x:%d:\n", appGID))

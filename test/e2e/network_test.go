@@ -5,6 +5,7 @@ package e2e
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -48,6 +49,10 @@ type NetworkSpecInput struct {
 	Agent func(node string) *agentProcess
 	// Timing records a measured duration in the suite's timing report.
 	Timing func(what string, d time.Duration)
+	// EgressCA is the test's CA that the node agents trust for the secrets
+	// proxy's upstreams (--egress-ca-bundle); the test's HTTPS server has
+	// a certificate from it.
+	EgressCA func() *access.CA
 }
 
 // testNetns is a network namespace of the test's own, linked to the host
@@ -58,6 +63,7 @@ type testNetns struct {
 	host, a, b     string // 10.99.N.1, .2, .3
 	server         *exec.Cmd
 	serverContents string
+	nettool        string
 }
 
 func newTestNetns() *testNetns {
@@ -81,6 +87,13 @@ func newTestNetns() *testNetns {
 	run("-n", t.name, "link", "set", "inner", "up")
 	run("-n", t.name, "link", "set", "lo", "up")
 
+	// The image's nettool (static Go) is the namespace's client: the
+	// host's busybox wget crashes there (glibc's NSS in a static binary).
+	nt, err := buildNettool()
+	Expect(err).NotTo(HaveOccurred())
+	t.nettool = filepath.Join(GinkgoT().TempDir(), "nettool")
+	Expect(os.WriteFile(t.nettool, nt, 0o755)).To(Succeed())
+
 	// busybox httpd in the namespace, on every address of it, port 8080.
 	dir := GinkgoT().TempDir()
 	t.serverContents = "hello from the test namespace"
@@ -89,30 +102,17 @@ func newTestNetns() *testNetns {
 	Expect(err).NotTo(HaveOccurred())
 	t.server = exec.Command("ip", "netns", "exec", t.name, bb, "httpd", "-f", "-p", "8080", "-h", dir)
 	Expect(t.server.Start()).To(Succeed())
-	Eventually(func() error { return t.exec("wget", "-q", "-O-", "http://"+t.a+":8080/") }).Should(Succeed())
+	Eventually(func() error { _, err := t.get("http://" + t.a + ":8080/"); return err }).Should(Succeed())
 	return t
 }
 
-// exec runs busybox applet args inside the namespace.
-func (t *testNetns) exec(args ...string) error {
-	bb, err := findBusybox()
+// get fetches url from inside the namespace with nettool.
+func (t *testNetns) get(url string) (string, error) {
+	out, err := exec.Command("ip", "netns", "exec", t.name, t.nettool, "get", url).CombinedOutput()
 	if err != nil {
-		return err
+		return "", fmt.Errorf("%v: %s", err, out)
 	}
-	out, err := exec.Command("ip", append([]string{"netns", "exec", t.name, bb}, args...)...).CombinedOutput()
-	if err != nil {
-		return fmt.Errorf("%v: %s", err, out)
-	}
-	return nil
-}
-
-func (t *testNetns) output(args ...string) (string, error) {
-	bb, err := findBusybox()
-	if err != nil {
-		return "", err
-	}
-	out, err := exec.Command("ip", append([]string{"netns", "exec", t.name, bb}, args...)...).CombinedOutput()
-	return string(out), err
+	return string(out), nil
 }
 
 func (t *testNetns) close() {
@@ -181,10 +181,11 @@ func sandboxExec(namespace, name string, cmd ...string) (stdout, stderr string, 
 	return out.String(), errb.String(), code
 }
 
-// guestGet fetches url with the guest's busybox wget (5 s timeout).
+// guestGet fetches url with the image's nettool (Go's HTTP client and
+// resolver, 10 s timeout); errors are on stderr.
 func guestGet(namespace, name, u string) (body, stderr string, code int) {
 	GinkgoHelper()
-	return sandboxExec(namespace, name, "wget", "-q", "-T", "5", "-O-", u)
+	return sandboxExec(namespace, name, "nettool", "get", u)
 }
 
 // metricValue finds a sample's value in a Prometheus text exposition: the
@@ -239,7 +240,8 @@ func networkSpecs(input NetworkSpecInput) {
 			}))
 			DeferCleanup(nodeSrv.Close)
 			_, nodePort, _ = net.SplitHostPort(strings.TrimPrefix(nodeSrv.URL, "http://"))
-			dnsAddr, stopDNS = testDNS(map[string]string{"allowed.test": tn.b, "denied.test": tn.b})
+			dnsAddr, stopDNS = testDNS(map[string]string{"allowed.test": tn.b, "denied.test": tn.b,
+				"api.allowed.test": tn.host, "api.other.test": tn.host})
 			DeferCleanup(stopDNS)
 			s := &sandboxv1alpha1.Sandbox{}
 			Expect(k8sClient.Get(ctx, client.ObjectKey{Namespace: ns, Name: input.Public}, s)).To(Succeed())
@@ -267,8 +269,8 @@ func networkSpecs(input NetworkSpecInput) {
 			agent := input.Agent(publicNode)
 			Eventually(func(g Gomega) {
 				m := agent.scrapeMetrics(g)
-				loop, ok := metricValue(m, "sandbox_network_denied_total", map[string]string{"name": input.Public, "class": "group:Loopback"})
-				g.Expect(ok).To(BeTrue(), "no loopback denial of %s in:\n%s", input.Public, grepLines(m, "sandbox_network"))
+				loop, ok := metricValue(m, "sandbox_network_denied_total", map[string]string{"name": input.Public, "class": "group:Host"})
+				g.Expect(ok).To(BeTrue(), "no denial of the node (the gateway is the node: group Host) for %s in:\n%s", input.Public, grepLines(m, "sandbox_network"))
 				g.Expect(loop).To(BeNumerically(">=", 1))
 				priv, ok := metricValue(m, "sandbox_network_denied_total", map[string]string{"name": input.Public, "class": "group:Private"})
 				g.Expect(ok).To(BeTrue(), "no private-range denial in:\n%s", grepLines(m, "sandbox_network"))
@@ -333,7 +335,7 @@ func networkSpecs(input NetworkSpecInput) {
 			Expect(body).To(Equal(tn.serverContents))
 			_, errOut, code = guestGet(ns, allowed, "http://denied.test:8080/")
 			Expect(code).NotTo(BeZero())
-			Expect(errOut).To(ContainSubstring("bad address"), "denied.test gets no answer")
+			Expect(errOut).To(ContainSubstring("no such host"), "denied.test gets NXDOMAIN")
 
 			agent := input.Agent(allowNode)
 			Eventually(func(g Gomega) {
@@ -385,9 +387,85 @@ func networkSpecs(input NetworkSpecInput) {
 				addr, port = es.Endpoints[0].Addresses[0], *es.Ports[0].Port
 			}).Should(Succeed())
 			Expect(addr).To(Equal(tn.host))
-			out, err := tn.output("wget", "-q", "-T", "5", "-O-", fmt.Sprintf("http://%s/", net.JoinHostPort(addr, strconv.Itoa(int(port)))))
+			out, err := tn.get(fmt.Sprintf("http://%s/", net.JoinHostPort(addr, strconv.Itoa(int(port)))))
 			Expect(err).NotTo(HaveOccurred(), out)
 			Expect(out).To(Equal("hello-from-the-guest\n"))
+		})
+
+		It("substitutes a secret's placeholder in an HTTPS request to its allowed host only; the value is nowhere in the guest", func() {
+			const secretName, value = "e2e-api-token", "real-token-8c1f27d9"
+			const secretSandbox = "netsecret"
+			By("serving HTTPS on " + tn.host + ":443 as api.allowed.test and api.other.test (a certificate from the test's CA, which the agents trust)")
+			pair, err := input.EgressCA().IssueServer("e2e-upstream", []string{"api.allowed.test", "api.other.test"}, time.Hour)
+			Expect(err).NotTo(HaveOccurred())
+			cert, err := pair.TLSCertificate()
+			Expect(err).NotTo(HaveOccurred())
+			var seen syncBuffer
+			srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				_, _ = fmt.Fprintf(&seen, "%s %s\n", r.Host, r.Header.Get("Authorization"))
+				_, _ = io.WriteString(w, "ok")
+			}))
+			ln, err := net.Listen("tcp", net.JoinHostPort(tn.host, "443"))
+			Expect(err).NotTo(HaveOccurred())
+			srv.Listener = ln
+			srv.TLS = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+			srv.StartTLS()
+			DeferCleanup(srv.Close)
+
+			mustKubectl("create", "secret", "generic", secretName, "-n", ns, "--from-literal=token="+value)
+			input.Apply(secretSandbox, fmt.Sprintf(`  resources:
+    cpus: 1
+    memoryMiB: 256
+  network:
+    policy:
+      defaultEgress: Deny
+      rules:
+      - action: Allow
+        destination: {cidr: %s/32}
+        protocols: [TCP]
+        ports: [{start: 443}]
+    dns:
+      nameservers: [%q]
+    secrets:
+    - envVar: API_TOKEN
+      secretKeyRef: {name: %s, key: token}
+      allowedHosts: [api.allowed.test]
+`, tn.host, dnsAddr, secretName))
+
+			By("seeing the placeholder, not the value, in the guest's environment")
+			out, _, code := sandboxExec(ns, secretSandbox, "sh", "-c", "echo $API_TOKEN")
+			Expect(code).To(BeZero())
+			Expect(strings.TrimSpace(out)).To(Equal("$SANDBOX_SECRET_API_TOKEN"))
+
+			By("sending it to api.allowed.test: the server receives the real value")
+			out, errOut, code := sandboxExec(ns, secretSandbox, "sh", "-c", `nettool get https://api.allowed.test/ "Authorization: Bearer $API_TOKEN"`)
+			Expect(code).To(BeZero(), "stderr: %s", errOut)
+			Expect(out).To(Equal("ok"))
+			Expect(seen.String()).To(Equal("api.allowed.test Bearer " + value + "\n"))
+
+			By("sending it to api.other.test: blocked with 403 by the node, the server sees nothing")
+			_, errOut, code = sandboxExec(ns, secretSandbox, "sh", "-c", `nettool get https://api.other.test/ "Authorization: Bearer $API_TOKEN"`)
+			Expect(code).NotTo(BeZero())
+			Expect(errOut).To(And(ContainSubstring("403"), ContainSubstring("API_TOKEN")))
+			Expect(seen.String()).NotTo(ContainSubstring("api.other.test"))
+			By("a request without the placeholder to api.other.test passes")
+			out, errOut, code = sandboxExec(ns, secretSandbox, "nettool", "get", "https://api.other.test/")
+			Expect(code).To(BeZero(), "stderr: %s", errOut)
+			Expect(out).To(Equal("ok"))
+
+			By("grepping the guest's environment and filesystem for the value")
+			out, _, _ = sandboxExec(ns, secretSandbox, "sh", "-c",
+				"env; cat /proc/[0-9]*/environ 2>/dev/null | tr '\\0' '\\n'; grep -r -l "+value+" /bin /etc /home /root /tmp /usr /var /srv /.sandbox 2>/dev/null; true")
+			Expect(out).To(ContainSubstring("API_TOKEN="), "the grep ran")
+			Expect(out).NotTo(ContainSubstring(value))
+
+			Eventually(func(g Gomega) {
+				m := input.Agent(getNode(ns, secretSandbox)).scrapeMetrics(g)
+				v, ok := metricValue(m, "sandbox_network_denied_total", map[string]string{"name": secretSandbox, "class": "secret"})
+				g.Expect(ok).To(BeTrue(), "no secret violation in:\n%s", grepLines(m, "sandbox_network"))
+				g.Expect(v).To(BeNumerically(">=", 1))
+			}).Should(Succeed())
+			input.Delete(secretSandbox)
 		})
 
 		It("deletes "+allowed+" with its Service and EndpointSlice", func() {
@@ -401,6 +479,13 @@ func networkSpecs(input NetworkSpecInput) {
 			}).WithTimeout(30 * time.Second).Should(Succeed())
 		})
 	})
+}
+
+func getNode(namespace, name string) string {
+	GinkgoHelper()
+	s := &sandboxv1alpha1.Sandbox{}
+	Expect(k8sClient.Get(context.Background(), client.ObjectKey{Namespace: namespace, Name: name}, s)).To(Succeed())
+	return s.Status.NodeName
 }
 
 // freePortOn returns a TCP port free on addr.

@@ -136,6 +136,7 @@ func nodeAgentVMSpecs(input NodeAgentVMSpecInput) {
 	ctx := context.Background()
 
 	var (
+		egressCA *access.CA
 		vmMgr    *process
 		agentsOn map[string]*agentProcess
 		reg      *httptest.Server
@@ -273,6 +274,13 @@ func nodeAgentVMSpecs(input NodeAgentVMSpecInput) {
 			g.Expect(h).NotTo(Equal(prevLeader))
 		}).WithTimeout(60*time.Second).Should(Succeed(), "the manager did not take the leader election Lease")
 
+		By("making the test's CA for HTTPS servers that sandboxes send secrets to (the agents' --egress-ca-bundle)")
+		ca, caErr := access.NewCA("e2e egress upstream CA", time.Hour)
+		Expect(caErr).NotTo(HaveOccurred())
+		egressCA = ca
+		egressBundle := filepath.Join(workDir, "egress-ca.crt")
+		Expect(os.WriteFile(egressBundle, egressCA.CertPEM, 0o600)).To(Succeed())
+
 		By("starting two node agents (bin/node-agent, QEMU with TCG) as processes, as their ServiceAccount")
 		agentsOn = map[string]*agentProcess{}
 		for _, n := range nodeNames {
@@ -303,6 +311,7 @@ func nodeAgentVMSpecs(input NodeAgentVMSpecInput) {
 				"--health-probe-bind-address=" + a.healthAddr,
 				// Published in SandboxNode status.access (port 0: the one bound).
 				"--access-bind-address=127.0.0.1:0",
+				"--egress-ca-bundle=" + egressBundle,
 			}
 			agentsOn[n] = a
 			a.start()
@@ -333,7 +342,7 @@ func nodeAgentVMSpecs(input NodeAgentVMSpecInput) {
 			fmt.Fprintf(w, "---- kubectl %s ----\n%s\n", strings.Join(args, " "), out)
 		}
 		if watch != nil {
-			for _, n := range []string{probe, crasher, fails, "netallow"} {
+			for _, n := range []string{probe, crasher, fails, "netallow", "netsecret"} {
 				fmt.Fprintf(w, "---- what the watch saw of %s ----\n%s", n, watch.describe(n))
 			}
 		}
@@ -594,10 +603,13 @@ func nodeAgentVMSpecs(input NodeAgentVMSpecInput) {
 
 	networkSpecs(NetworkSpecInput{
 		Namespace: vmNamespace, Public: probe, Offline: crasher, Timing: timing,
-		Agent: func(node string) *agentProcess { return agentsOn[node] },
+		EgressCA: func() *access.CA { return egressCA },
+		Agent:    func(node string) *agentProcess { return agentsOn[node] },
 		Apply: func(name, body string) string {
 			GinkgoHelper()
 			applied := time.Now()
+			// On the VM nodes only (the stand-in nodes of other specs run no agent).
+			body += "  nodeSelector:\n    " + poolLabel + ": " + poolValue + "\n"
 			mustKubectl("apply", "-f", writeManifest(name+".yaml", sandboxYAML(name, body)))
 			return watch.waitPhase(name, sandboxv1alpha1.PhaseRunning, applied, input.BootTimeout).sandbox.Status.NodeName
 		},
