@@ -2,6 +2,7 @@ package v1alpha1
 
 import (
 	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 )
 
 // NetworkSpec configures the guest's network (microsandbox's NetworkSpec).
@@ -310,3 +311,57 @@ const (
 	// ports and the guest's egress work.
 	ReasonPortUnavailable = "PortUnavailable"
 )
+
+// NetworkStatus is the node's account of the sandbox's network (owner: node
+// agent). The counts start again when the node agent restarts.
+type NetworkStatus struct {
+	// deniedTotal counts what the node refused the guest: flows, DNS
+	// names, DNS answers (rebinding protection) and secret placeholders
+	// bound for hosts they are not allowed to.
+	// +optional
+	// +kubebuilder:validation:Minimum=0
+	DeniedTotal int64 `json:"deniedTotal,omitempty"`
+
+	// recentDenials are the latest denials, oldest first, at most 10.
+	// +optional
+	// +listType=atomic
+	// +kubebuilder:validation:MaxItems=10
+	RecentDenials []NetworkDenial `json:"recentDenials,omitempty"`
+}
+
+// NetworkDenial is one thing the node refused the guest.
+type NetworkDenial struct {
+	// time is when it was refused.
+	// +required
+	Time metav1.Time `json:"time"`
+
+	// protocol is TCP, UDP or ICMP.
+	// +required
+	// +kubebuilder:validation:MaxLength=8
+	Protocol string `json:"protocol"`
+
+	// destination is the address and port, e.g. 10.0.0.5:443 (port 0
+	// for a DNS answer).
+	// +required
+	// +kubebuilder:validation:MaxLength=64
+	Destination string `json:"destination"`
+
+	// names are the DNS names the sandbox's resolver gave for the
+	// destination (or the name asked for), at most 4.
+	// +optional
+	// +listType=atomic
+	// +kubebuilder:validation:MaxItems=4
+	// +kubebuilder:validation:items:MaxLength=253
+	Names []string `json:"names,omitempty"`
+
+	// class is the kind of denial: rule, default, group:<group>, reserved,
+	// dns, rebind or secret.
+	// +required
+	// +kubebuilder:validation:MaxLength=32
+	Class string `json:"class"`
+
+	// reason says why, e.g. "denied by rule 2 (domain evil.example)".
+	// +required
+	// +kubebuilder:validation:MaxLength=512
+	Reason string `json:"reason"`
+}

@@ -112,7 +112,8 @@ func (r TerminationReason) IsRequested() bool {
 //     terminationReason, stopRequest, timings.scheduledMillis and the
 //     conditions Scheduled, Ready and ServiceReady;
 //   - the node agent (field manager "sandbox-node-agent"): vm, imageDigest,
-//     ports, the other timings and the conditions ImageReady and Draining.
+//     ports, network, the other timings and the conditions ImageReady,
+//     Draining and NetworkReady.
 //
 // The agent reports raw observations of the VM in vm; the manager turns them
 // into the run's verdict (exitCode, terminationReason, ...) and the phase.
@@ -196,6 +197,11 @@ type SandboxStatus struct {
 	// +listType=atomic
 	// +kubebuilder:validation:MaxItems=64
 	Ports []PortStatus `json:"ports,omitempty"`
+
+	// network is the node's account of what the sandbox's egress policy
+	// refused while the VM runs.
+	// +optional
+	Network *NetworkStatus `json:"network,omitempty"`
 }
 
 // StopRequest asks the node agent to stop the current run.

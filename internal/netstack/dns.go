@@ -69,7 +69,7 @@ func (n *Net) serveDNS(w dns.ResponseWriter, req *dns.Msg) {
 	q := req.Question[0]
 	name := strings.ToLower(strings.TrimSuffix(q.Name, "."))
 	if !n.cfg.Policy.AllowName(name) {
-		n.Denials.Record(netpolicy.Flow{Proto: netpolicy.ProtoUDP, Dst: netip.AddrPortFrom(DefaultResolver, netpolicy.DNSPort), Names: []string{name}},
+		n.recordDenial(netpolicy.Flow{Proto: netpolicy.ProtoUDP, Dst: netip.AddrPortFrom(DefaultResolver, netpolicy.DNSPort), Names: []string{name}},
 			netpolicy.Decision{Rule: netpolicy.RuleNone, Class: ClassDNS, Reason: fmt.Sprintf("the policy denies the name %s", name)})
 		reply(dns.RcodeNameError)
 		return
@@ -126,7 +126,7 @@ func (n *Net) filterAnswers(name string, rrs []dns.RR) []dns.RR {
 		keep[ip] = true
 	}
 	for _, ip := range dropped {
-		n.Denials.Record(netpolicy.Flow{Proto: netpolicy.ProtoUDP, Dst: netip.AddrPortFrom(ip, 0), Names: []string{name}},
+		n.recordDenial(netpolicy.Flow{Proto: netpolicy.ProtoUDP, Dst: netip.AddrPortFrom(ip, 0), Names: []string{name}},
 			netpolicy.Decision{Rule: netpolicy.RuleNone, Class: ClassRebind,
 				Reason: fmt.Sprintf("the answer %s for %s points at a non-public address (DNS rebinding protection)", ip, name)})
 	}

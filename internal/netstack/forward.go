@@ -24,7 +24,7 @@ func (n *Net) decide(proto netpolicy.Proto, dst netip.Addr, port uint16) (netip.
 	f := netpolicy.Flow{Proto: proto, Dst: target, Names: n.Names.Lookup(dst)}
 	d := n.cfg.Policy.Decide(f)
 	if !d.Allow {
-		n.Denials.Record(f, d)
+		n.recordDenial(f, d)
 		n.cfg.Log.V(4).Info("Denying a guest flow", "proto", proto.String(), "destination", target.String(), "reason", d.Reason)
 	}
 	return target, d

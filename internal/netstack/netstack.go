@@ -76,6 +76,9 @@ type Config struct {
 	Dial func(ctx context.Context, network, address string) (net.Conn, error)
 	// Log receives the stack's operational messages.
 	Log logr.Logger
+	// OnDenial, if set, is called after each denial is recorded in
+	// Net.Denials; it must not block.
+	OnDenial func()
 }
 
 // Stats counts what the stack did. Read with Snapshot.
@@ -115,6 +118,18 @@ type Interceptor interface {
 	// Handle serves one guest connection to dst until it ends.
 	Handle(ctx context.Context, guest net.Conn, dst netip.AddrPort) error
 }
+
+// recordDenial records a denial and tells Config.OnDenial.
+func (n *Net) recordDenial(f netpolicy.Flow, d netpolicy.Decision) {
+	n.Denials.Record(f, d)
+	if n.cfg.OnDenial != nil {
+		n.cfg.OnDenial()
+	}
+}
+
+// RecordDenial records a denial found outside the stack (the secrets
+// proxy's blocked placeholders) with the stack's own.
+func (n *Net) RecordDenial(f netpolicy.Flow, d netpolicy.Decision) { n.recordDenial(f, d) }
 
 // SetInterceptor hands allowed TCP connections that i intercepts to i.
 // Call it before Serve.

@@ -13,11 +13,14 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/go-logr/logr"
 	"github.com/miekg/dns"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"sigs.k8s.io/controller-runtime/pkg/event"
 
 	sandboxv1alpha1 "github.com/microvm-dev/sandbox-operator/api/v1alpha1"
 	"github.com/microvm-dev/sandbox-operator/internal/access"
@@ -117,6 +120,60 @@ type vmNet struct {
 	cancel    context.CancelFunc
 	wg        sync.WaitGroup
 	listeners []net.Listener
+	// reporting is set while a report of new denials is pending.
+	reporting atomic.Bool
+}
+
+// denialReportDelay batches denials into one status write: a guest that
+// scans a network must not cause a write per refused flow.
+const denialReportDelay = 2 * time.Second
+
+// denied asks for a reconcile of the sandbox (which reports the denials in
+// its status), at most once per denialReportDelay.
+func (vn *vmNet) denied(ctx context.Context, notify chan<- event.GenericEvent, key types.NamespacedName) {
+	if !vn.reporting.CompareAndSwap(false, true) {
+		return
+	}
+	time.AfterFunc(denialReportDelay, func() {
+		vn.reporting.Store(false)
+		obj := &sandboxv1alpha1.Sandbox{}
+		obj.Name, obj.Namespace = key.Name, key.Namespace
+		select {
+		case notify <- event.GenericEvent{Object: obj}:
+		case <-ctx.Done():
+		}
+	})
+}
+
+// maxStatusDenials bounds status.network.recentDenials.
+const maxStatusDenials = 10
+
+// networkStatus is the status.network of the VM's stack: the total and the
+// latest denials.
+func (vn *vmNet) networkStatus() *sandboxv1alpha1.NetworkStatus {
+	snap := vn.stack.Denials.Snapshot()
+	if snap.Total == 0 {
+		return nil
+	}
+	ns := &sandboxv1alpha1.NetworkStatus{DeniedTotal: int64(snap.Total)}
+	recent := snap.Recent
+	if len(recent) > maxStatusDenials {
+		recent = recent[len(recent)-maxStatusDenials:]
+	}
+	for _, d := range recent {
+		names := d.Names
+		if len(names) > 4 {
+			names = names[:4]
+		}
+		reason := d.Reason
+		if len(reason) > 512 {
+			reason = reason[:512]
+		}
+		ns.RecentDenials = append(ns.RecentDenials, sandboxv1alpha1.NetworkDenial{
+			Time: metav1.NewTime(d.Time.Truncate(time.Second)), Protocol: d.Proto.String(), Destination: d.Dst.String(),
+			Names: slices.Clone(names), Class: d.Class, Reason: reason})
+	}
+	return ns
 }
 
 // startNetwork makes h's stack, links it to the VM and opens the published
@@ -127,7 +184,9 @@ func (r *SandboxReconciler) startNetwork(log logr.Logger, sbx *sandboxv1alpha1.S
 	if err != nil {
 		return err
 	}
-	cfg := netstack.Config{Policy: policy, Upstreams: nameservers(sbx.Spec.Network, r.nodeResolvers), Log: log.WithName("network")}
+	vn := &vmNet{}
+	cfg := netstack.Config{Policy: policy, Upstreams: nameservers(sbx.Spec.Network, r.nodeResolvers), Log: log.WithName("network"),
+		OnDenial: func() { vn.denied(r.ctx, r.notify, h.key) }}
 	if spec := sbx.Spec.Network; spec != nil && spec.DNS != nil && spec.DNS.QueryTimeoutMillis > 0 {
 		cfg.QueryTimeout = time.Duration(spec.DNS.QueryTimeoutMillis) * time.Millisecond
 	}
@@ -144,7 +203,7 @@ func (r *SandboxReconciler) startNetwork(log logr.Logger, sbx *sandboxv1alpha1.S
 		st.SetInterceptor(p)
 	}
 	ctx, cancel := context.WithCancel(r.ctx)
-	vn := &vmNet{stack: st, cancel: cancel}
+	vn.stack, vn.cancel = st, cancel
 	vn.wg.Go(func() { vn.link(ctx, log, h.vm) })
 	if spec := sbx.Spec.Network; spec != nil {
 		for _, p := range spec.Ports {
@@ -214,11 +273,11 @@ func (vn *vmNet) close() {
 // condition while the VM runs; both go with its exit.
 func observeNetwork(sbx *sandboxv1alpha1.Sandbox, st *sandboxState, h *vmHandle, running bool) {
 	if !running {
-		st.report.Ports = nil
+		st.report.Ports, st.report.Network = nil, nil
 		return
 	}
 	if h.net == nil {
-		st.report.Ports = nil
+		st.report.Ports, st.report.Network = nil, nil
 		if !networkEnabled(sbx) {
 			setCond(st, sbx, sandboxv1alpha1.ConditionNetworkReady, metav1.ConditionTrue, sandboxv1alpha1.ReasonNetworkDisabled,
 				"network.enabled is false: the guest has no network interface")
@@ -226,6 +285,7 @@ func observeNetwork(sbx *sandboxv1alpha1.Sandbox, st *sandboxState, h *vmHandle,
 		return
 	}
 	st.report.Ports = h.net.ports
+	st.report.Network = h.net.networkStatus()
 	if len(h.net.portErrors) > 0 {
 		setCond(st, sbx, sandboxv1alpha1.ConditionNetworkReady, metav1.ConditionFalse, sandboxv1alpha1.ReasonPortUnavailable,
 			trim("Published ports not open: "+strings.Join(h.net.portErrors, "; ")))
@@ -397,7 +457,7 @@ func (r *SandboxReconciler) secretsProxy(log logr.Logger, sbx *sandboxv1alpha1.S
 	return &egressproxy.Proxy{CA: ca, Secrets: secrets, RootCAs: r.egressRoots, Dial: st.Dial, NamesOf: st.Names.Lookup,
 		OnViolation: func(v egressproxy.Violation) {
 			// Counted with the flow denials (class "secret"); never the value.
-			st.Denials.Record(netpolicy.Flow{Proto: netpolicy.ProtoTCP, Dst: v.Dst, Names: []string{v.Host}},
+			st.RecordDenial(netpolicy.Flow{Proto: netpolicy.ProtoTCP, Dst: v.Dst, Names: []string{v.Host}},
 				netpolicy.Decision{Rule: netpolicy.RuleNone, Class: classSecret,
 					Reason: fmt.Sprintf("secret %s sent to %s (%s): blocked", v.Secret, v.Host, v.Where)})
 			log.Info("Blocked a secret's placeholder bound for a host it is not allowed to", "secret", v.Secret, "host", v.Host,

@@ -104,6 +104,7 @@ type report struct {
 	Timings     sandboxv1alpha1.Timings
 	Conditions  []metav1.Condition
 	Ports       []sandboxv1alpha1.PortStatus
+	Network     *sandboxv1alpha1.NetworkStatus
 }
 
 func newSandboxReconciler(ctx context.Context, c client.Client, reader client.Reader, args Args) (*SandboxReconciler, error) {
@@ -716,6 +717,14 @@ func (r *SandboxReconciler) apply(ctx context.Context, sbx *sandboxv1alpha1.Sand
 		status.WithPorts(sandboxv1alpha1ac.PortStatus().WithGuestPort(p.GuestPort).WithProtocol(p.Protocol).
 			WithHostIP(p.HostIP).WithHostPort(p.HostPort))
 	}
+	if n := rep.Network; n != nil {
+		nac := sandboxv1alpha1ac.NetworkStatus().WithDeniedTotal(n.DeniedTotal)
+		for _, d := range n.RecentDenials {
+			nac.WithRecentDenials(sandboxv1alpha1ac.NetworkDenial().WithTime(d.Time).WithProtocol(d.Protocol).
+				WithDestination(d.Destination).WithNames(d.Names...).WithClass(d.Class).WithReason(d.Reason))
+		}
+		status.WithNetwork(nac)
+	}
 	ac := sandboxv1alpha1ac.Sandbox(sbx.Name, sbx.Namespace).WithStatus(status)
 	if err := r.client.Status().Apply(ctx, ac, client.FieldOwner(sandboxv1alpha1.NodeAgentFieldOwner), client.ForceOwnership); err != nil {
 		if apierrors.IsNotFound(err) {
@@ -723,7 +732,8 @@ func (r *SandboxReconciler) apply(ctx context.Context, sbx *sandboxv1alpha1.Sand
 		}
 		return fmt.Errorf("failed to apply the status of Sandbox %s: %w", klog.KObj(sbx), err)
 	}
-	cp := report{ImageDigest: rep.ImageDigest, Timings: *rep.Timings.DeepCopy(), Ports: slices.Clone(rep.Ports)}
+	cp := report{ImageDigest: rep.ImageDigest, Timings: *rep.Timings.DeepCopy(), Ports: slices.Clone(rep.Ports),
+		Network: rep.Network.DeepCopy()}
 	if rep.VM != nil {
 		cp.VM = rep.VM.DeepCopy()
 	}

@@ -265,6 +265,17 @@ func networkSpecs(input NetworkSpecInput) {
 			Expect(code).NotTo(BeZero(), "a private address must be refused: %s", errOut)
 			Expect(errOut).To(ContainSubstring("refused"))
 
+			By("reading the denials in the Sandbox's status.network (reported within a few seconds)")
+			Eventually(func(g Gomega) {
+				sb := &sandboxv1alpha1.Sandbox{}
+				g.Expect(k8sClient.Get(ctx, client.ObjectKey{Namespace: ns, Name: input.Public}, sb)).To(Succeed())
+				g.Expect(sb.Status.Network).NotTo(BeNil())
+				g.Expect(sb.Status.Network.DeniedTotal).To(BeNumerically(">=", 2))
+				g.Expect(sb.Status.Network.RecentDenials).To(ContainElement(And(
+					HaveField("Class", "group:Private"), HaveField("Protocol", "TCP"), HaveField("Destination", tn.a+":8080"),
+					HaveField("Reason", ContainSubstring(tn.a)))))
+			}).WithTimeout(20 * time.Second).Should(Succeed())
+
 			By("reading the denials from the agent's Prometheus endpoint")
 			agent := input.Agent(publicNode)
 			Eventually(func(g Gomega) {

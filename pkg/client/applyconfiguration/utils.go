@@ -48,6 +48,8 @@ func ForKind(kind schema.GroupVersionKind) interface{} {
 		return &apiv1alpha1.LifecycleApplyConfiguration{}
 	case v1alpha1.SchemeGroupVersion.WithKind("Mount"):
 		return &apiv1alpha1.MountApplyConfiguration{}
+	case v1alpha1.SchemeGroupVersion.WithKind("NetworkDenial"):
+		return &apiv1alpha1.NetworkDenialApplyConfiguration{}
 	case v1alpha1.SchemeGroupVersion.WithKind("NetworkDestination"):
 		return &apiv1alpha1.NetworkDestinationApplyConfiguration{}
 	case v1alpha1.SchemeGroupVersion.WithKind("NetworkPolicy"):
@@ -58,6 +60,8 @@ func ForKind(kind schema.GroupVersionKind) interface{} {
 		return &apiv1alpha1.NetworkSecretApplyConfiguration{}
 	case v1alpha1.SchemeGroupVersion.WithKind("NetworkSpec"):
 		return &apiv1alpha1.NetworkSpecApplyConfiguration{}
+	case v1alpha1.SchemeGroupVersion.WithKind("NetworkStatus"):
+		return &apiv1alpha1.NetworkStatusApplyConfiguration{}
 	case v1alpha1.SchemeGroupVersion.WithKind("NodeAccess"):
 		return &apiv1alpha1.NodeAccessApplyConfiguration{}
 	case v1alpha1.SchemeGroupVersion.WithKind("NodeResources"):

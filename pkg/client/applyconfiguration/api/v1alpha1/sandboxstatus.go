@@ -36,7 +36,8 @@ import (
 // terminationReason, stopRequest, timings.scheduledMillis and the
 // conditions Scheduled, Ready and ServiceReady;
 // - the node agent (field manager "sandbox-node-agent"): vm, imageDigest,
-// ports, the other timings and the conditions ImageReady and Draining.
+// ports, network, the other timings and the conditions ImageReady,
+// Draining and NetworkReady.
 //
 // The agent reports raw observations of the VM in vm; the manager turns them
 // into the run's verdict (exitCode, terminationReason, ...) and the phase.
@@ -82,6 +83,9 @@ type SandboxStatusApplyConfiguration struct {
 	Timings *TimingsApplyConfiguration `json:"timings,omitempty"`
 	// ports are the published ports' endpoints on the node.
 	Ports []PortStatusApplyConfiguration `json:"ports,omitempty"`
+	// network is the node's account of what the sandbox's egress policy
+	// refused while the VM runs.
+	Network *NetworkStatusApplyConfiguration `json:"network,omitempty"`
 }
 
 // SandboxStatusApplyConfiguration constructs a declarative configuration of the SandboxStatus type for use with
@@ -217,5 +221,13 @@ func (b *SandboxStatusApplyConfiguration) WithPorts(values ...*PortStatusApplyCo
 		}
 		b.Ports = append(b.Ports, *values[i])
 	}
+	return b
+}
+
+// WithNetwork sets the Network field in the declarative configuration to the given value
+// and returns the receiver, so that objects can be built by chaining "With" function invocations.
+// If called multiple times, the Network field is set to the value of the last call.
+func (b *SandboxStatusApplyConfiguration) WithNetwork(value *NetworkStatusApplyConfiguration) *SandboxStatusApplyConfiguration {
+	b.Network = value
 	return b
 }
