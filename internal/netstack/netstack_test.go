@@ -336,3 +336,39 @@ func TestAPublishedPortReachesTheGuestAndSurvivesANewLink(t *testing.T) {
 	g.Eventually(ask).WithTimeout(10 * time.Second).Should(Equal("again"))
 	_ = host.Close()
 }
+
+func TestAPublishedUDPPortReachesTheGuestAndAnswersEachClient(t *testing.T) {
+	g := NewWithT(t)
+	n := newNet(t, nil)
+	guest, unlink := link(t, n)
+	defer unlink()
+	echo, err := gonet.DialUDP(guest.s, &tcpip.FullAddress{NIC: 1, Addr: tcpAddr(DefaultGuest), Port: 5353}, nil, ipv4.ProtocolNumber)
+	g.Expect(err).NotTo(HaveOccurred())
+	defer func() { _ = echo.Close() }()
+	go func() {
+		buf := make([]byte, 1500)
+		for {
+			k, from, err := echo.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			_, _ = echo.WriteTo(append([]byte("guest got "), buf[:k]...), from)
+		}
+	}()
+	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	g.Expect(err).NotTo(HaveOccurred())
+	go func() { _ = n.PublishUDP(pc, 5353) }()
+	defer func() { _ = pc.Close() }()
+	for _, msg := range []string{"one", "two"} {
+		c, err := net.Dial("udp", pc.LocalAddr().String())
+		g.Expect(err).NotTo(HaveOccurred())
+		_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+		_, err = c.Write([]byte(msg))
+		g.Expect(err).NotTo(HaveOccurred())
+		buf := make([]byte, 64)
+		k, err := c.Read(buf)
+		g.Expect(err).NotTo(HaveOccurred())
+		g.Expect(string(buf[:k])).To(Equal("guest got " + msg))
+		_ = c.Close()
+	}
+}

@@ -5,6 +5,7 @@ import (
 	"crypto/x509"
 	"encoding/pem"
 	"fmt"
+	"io"
 	"net"
 	"net/netip"
 	"os"
@@ -117,9 +118,9 @@ type vmNet struct {
 	ports      []sandboxv1alpha1.PortStatus
 	portErrors []string
 
-	cancel    context.CancelFunc
-	wg        sync.WaitGroup
-	listeners []net.Listener
+	cancel  context.CancelFunc
+	wg      sync.WaitGroup
+	closers []io.Closer // the published ports' listeners and sockets
 	// reporting is set while a report of new denials is pending.
 	reporting atomic.Bool
 }
@@ -245,16 +246,24 @@ func (vn *vmNet) publish(p sandboxv1alpha1.PublishedPort) {
 	if hostIP == "" {
 		hostIP = "127.0.0.1"
 	}
-	if proto != sandboxv1alpha1.ProtocolTCP {
-		vn.portErrors = append(vn.portErrors, fmt.Sprintf("%s port %d: only TCP ports are published so far", proto, p.GuestPort))
+	addr := net.JoinHostPort(hostIP, strconv.Itoa(int(p.HostPort)))
+	if proto == sandboxv1alpha1.ProtocolUDP {
+		pc, err := net.ListenPacket("udp", addr)
+		if err != nil {
+			vn.portErrors = append(vn.portErrors, fmt.Sprintf("UDP port %d: %v", p.GuestPort, err))
+			return
+		}
+		vn.closers = append(vn.closers, pc)
+		vn.ports = append(vn.ports, sandboxv1alpha1.PortStatus{GuestPort: p.GuestPort, Protocol: proto, HostIP: hostIP, HostPort: p.HostPort})
+		vn.wg.Go(func() { _ = vn.stack.PublishUDP(pc, uint16(p.GuestPort)) })
 		return
 	}
-	ln, err := net.Listen("tcp", net.JoinHostPort(hostIP, strconv.Itoa(int(p.HostPort))))
+	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		vn.portErrors = append(vn.portErrors, fmt.Sprintf("port %d: %v", p.GuestPort, err))
 		return
 	}
-	vn.listeners = append(vn.listeners, ln)
+	vn.closers = append(vn.closers, ln)
 	vn.ports = append(vn.ports, sandboxv1alpha1.PortStatus{GuestPort: p.GuestPort, Protocol: proto, HostIP: hostIP, HostPort: p.HostPort})
 	vn.wg.Go(func() { _ = vn.stack.Publish(ln, uint16(p.GuestPort)) })
 }
@@ -262,8 +271,8 @@ func (vn *vmNet) publish(p sandboxv1alpha1.PublishedPort) {
 // close stops the ports, the link and the stack.
 func (vn *vmNet) close() {
 	vn.cancel()
-	for _, ln := range vn.listeners {
-		_ = ln.Close()
+	for _, c := range vn.closers {
+		_ = c.Close()
 	}
 	vn.stack.Close()
 	vn.wg.Wait()
