@@ -228,6 +228,18 @@ type DNSConfig struct {
 // +kubebuilder:validation:Enum=Block;BlockAndLog;BlockAndTerminate
 type SecretViolationAction string
 
+const (
+	// SecretViolationBlock refuses the request (403 to the guest) and
+	// counts it in status.network and the agent's metrics.
+	SecretViolationBlock SecretViolationAction = "Block"
+	// SecretViolationBlockAndLog also records a Warning event
+	// SecretBlocked on the Sandbox (at most one per secret every 10 s).
+	SecretViolationBlockAndLog SecretViolationAction = "BlockAndLog"
+	// SecretViolationBlockAndTerminate also stops the sandbox, with
+	// terminationReason PolicyViolation.
+	SecretViolationBlockAndTerminate SecretViolationAction = "BlockAndTerminate"
+)
+
 // NetworkSecret is a secret value substituted by the node's egress proxy.
 type NetworkSecret struct {
 	// envVar is the guest environment variable that holds the placeholder.

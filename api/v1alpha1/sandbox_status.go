@@ -55,7 +55,7 @@ func (p SandboxPhase) IsTerminal() bool { return p == PhaseStopped || p == Phase
 
 // TerminationReason says why a run of the VM ended (microsandbox's
 // TerminationReason, plus NodeLost).
-// +kubebuilder:validation:Enum=Completed;Failed;MaxDurationExceeded;IdleTimeout;AgentUnresponsive;ShutdownRequested;DrainRequested;NodeLost;InternalError
+// +kubebuilder:validation:Enum=Completed;Failed;MaxDurationExceeded;IdleTimeout;AgentUnresponsive;ShutdownRequested;DrainRequested;NodeLost;InternalError;PolicyViolation
 type TerminationReason string
 
 const (
@@ -79,6 +79,10 @@ const (
 	TerminationNodeLost TerminationReason = "NodeLost"
 	// TerminationInternalError: the VMM died or the node could not boot the VM.
 	TerminationInternalError TerminationReason = "InternalError"
+	// TerminationPolicyViolation: the guest sent a network secret's
+	// placeholder to a host the secret does not allow, and the secret's
+	// onViolation is BlockAndTerminate. Never restarted.
+	TerminationPolicyViolation TerminationReason = "PolicyViolation"
 )
 
 // IsCrash reports whether the reason makes the phase Crashed rather than Stopped.
@@ -97,7 +101,8 @@ func (r TerminationReason) IsFailure() bool { return r == TerminationFailed || r
 // lifecycle limit); such ends are never restarted.
 func (r TerminationReason) IsRequested() bool {
 	switch r {
-	case TerminationShutdownRequested, TerminationDrainRequested, TerminationMaxDurationExceeded, TerminationIdleTimeout:
+	case TerminationShutdownRequested, TerminationDrainRequested, TerminationMaxDurationExceeded, TerminationIdleTimeout,
+		TerminationPolicyViolation:
 		return true
 	}
 	return false

@@ -33,6 +33,7 @@ import (
 // +kubebuilder:rbac:groups=coordination.k8s.io,resources=leases,verbs=get;list;watch;create;update;patch
 // +kubebuilder:rbac:groups="",resources=nodes,verbs=get;list;watch
 // +kubebuilder:rbac:groups="",resources=secrets;configmaps,verbs=get
+// +kubebuilder:rbac:groups=events.k8s.io,resources=events,verbs=create;patch
 
 // Args configure an Agent.
 type Args struct {
@@ -204,6 +205,7 @@ func New(opts ...Option) (*Agent, error) {
 			cancel()
 			return nil, fmt.Errorf("failed to set up the Sandbox reconciler: %w", err)
 		}
+		sr.recorder = mgr.GetEventRecorder("sandbox-node-agent")
 		if err := sr.SetupWithManager(mgr); err != nil {
 			cancel()
 			return nil, fmt.Errorf("failed to set up the Sandbox reconciler: %w", err)

@@ -19,6 +19,7 @@ import (
 
 	"github.com/go-logr/logr"
 	"github.com/miekg/dns"
+	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"sigs.k8s.io/controller-runtime/pkg/event"
@@ -123,6 +124,9 @@ type vmNet struct {
 	closers []io.Closer // the published ports' listeners and sockets
 	// reporting is set while a report of new denials is pending.
 	reporting atomic.Bool
+
+	mu        sync.Mutex
+	lastEvent map[string]time.Time // per secret: the last SecretBlocked event
 }
 
 // denialReportDelay batches denials into one status write: a guest that
@@ -196,7 +200,7 @@ func (r *SandboxReconciler) startNetwork(log logr.Logger, sbx *sandboxv1alpha1.S
 		return err
 	}
 	if hasSecrets(sbx) {
-		p, err := r.secretsProxy(log, sbx, h.runDir, st, objs)
+		p, err := r.secretsProxy(log, sbx, h, st, objs)
 		if err != nil {
 			st.Close()
 			return err
@@ -454,24 +458,68 @@ func egressRoots(bundle string) (*x509.CertPool, error) {
 }
 
 // secretsProxy makes the VM's secrets proxy on its stack.
-func (r *SandboxReconciler) secretsProxy(log logr.Logger, sbx *sandboxv1alpha1.Sandbox, dir string, st *netstack.Net, objs objects) (*egressproxy.Proxy, error) {
+func (r *SandboxReconciler) secretsProxy(log logr.Logger, sbx *sandboxv1alpha1.Sandbox, h *vmHandle, st *netstack.Net, objs objects) (*egressproxy.Proxy, error) {
 	secrets, _, err := planSecrets(sbx, objs)
 	if err != nil {
 		return nil, err
 	}
-	ca, err := egressCA(dir, false)
+	ca, err := egressCA(h.runDir, false)
 	if err != nil {
 		return nil, err
 	}
 	return &egressproxy.Proxy{CA: ca, Secrets: secrets, RootCAs: r.egressRoots, Dial: st.Dial, NamesOf: st.Names.Lookup,
-		OnViolation: func(v egressproxy.Violation) {
-			// Counted with the flow denials (class "secret"); never the value.
-			st.RecordDenial(netpolicy.Flow{Proto: netpolicy.ProtoTCP, Dst: v.Dst, Names: []string{v.Host}},
-				netpolicy.Decision{Rule: netpolicy.RuleNone, Class: classSecret,
-					Reason: fmt.Sprintf("secret %s sent to %s (%s): blocked", v.Secret, v.Host, v.Where)})
-			log.Info("Blocked a secret's placeholder bound for a host it is not allowed to", "secret", v.Secret, "host", v.Host,
-				"where", v.Where)
-		}}, nil
+		OnViolation: func(v egressproxy.Violation) { r.secretViolation(log, sbx, h, st, v) }}, nil
+}
+
+// violationEventInterval bounds the SecretBlocked events of one secret.
+const violationEventInterval = 10 * time.Second
+
+// secretViolation acts on a blocked placeholder as the secret's
+// onViolation says: counted always (class "secret"; never the value), an
+// event for BlockAndLog (the default), and a stop for BlockAndTerminate.
+func (r *SandboxReconciler) secretViolation(log logr.Logger, sbx *sandboxv1alpha1.Sandbox, h *vmHandle, st *netstack.Net, v egressproxy.Violation) {
+	msg := fmt.Sprintf("secret %s sent to %s (%s): blocked", v.Secret, v.Host, v.Where)
+	st.RecordDenial(netpolicy.Flow{Proto: netpolicy.ProtoTCP, Dst: v.Dst, Names: []string{v.Host}},
+		netpolicy.Decision{Rule: netpolicy.RuleNone, Class: classSecret, Reason: msg})
+	log.Info("Blocked a secret's placeholder bound for a host it is not allowed to", "secret", v.Secret, "host", v.Host, "where", v.Where)
+	action := sandboxv1alpha1.SecretViolationBlockAndLog
+	for _, s := range sbx.Spec.Network.Secrets {
+		if s.EnvVar == v.Secret && s.OnViolation != "" {
+			action = s.OnViolation
+		}
+	}
+	if action == sandboxv1alpha1.SecretViolationBlock {
+		return
+	}
+	if r.recorder != nil && h.net.eventDue(v.Secret, v.Time) {
+		r.recorder.Eventf(sbx, nil, corev1.EventTypeWarning, "SecretBlocked", "Block", "%s", msg)
+	}
+	if action == sandboxv1alpha1.SecretViolationBlockAndTerminate && h.violated.CompareAndSwap(false, true) {
+		log.Info("Stopping the sandbox: its secret's onViolation is BlockAndTerminate", "secret", v.Secret)
+		obj := &sandboxv1alpha1.Sandbox{}
+		obj.Name, obj.Namespace = h.key.Name, h.key.Namespace
+		go func() {
+			select {
+			case r.notify <- event.GenericEvent{Object: obj}:
+			case <-r.ctx.Done():
+			}
+		}()
+	}
+}
+
+// eventDue says whether a SecretBlocked event for secret may be recorded
+// at t, and notes it.
+func (vn *vmNet) eventDue(secret string, t time.Time) bool {
+	vn.mu.Lock()
+	defer vn.mu.Unlock()
+	if last, ok := vn.lastEvent[secret]; ok && t.Sub(last) < violationEventInterval {
+		return false
+	}
+	if vn.lastEvent == nil {
+		vn.lastEvent = map[string]time.Time{}
+	}
+	vn.lastEvent[secret] = t
+	return true
 }
 
 // classSecret is the Denials class of a blocked secret placeholder.

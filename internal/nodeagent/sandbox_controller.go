@@ -18,6 +18,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	metav1ac "k8s.io/client-go/applyconfigurations/meta/v1"
+	"k8s.io/client-go/tools/events"
 	"k8s.io/klog/v2"
 	"k8s.io/utils/ptr"
 	ctrl "sigs.k8s.io/controller-runtime"
@@ -78,6 +79,8 @@ type SandboxReconciler struct {
 	nodeResolvers []string
 	// egressRoots verify the servers sandboxes send secrets to.
 	egressRoots *x509.CertPool
+	// recorder records events on Sandboxes (secret violations).
+	recorder events.EventRecorder
 
 	mu        sync.Mutex
 	sandboxes map[types.UID]*sandboxState
@@ -355,6 +358,9 @@ func (r *SandboxReconciler) observe(sbx *sandboxv1alpha1.Sandbox, st *sandboxSta
 		} else {
 			res.RequeueAfter = h.idleTimeout - idle
 		}
+	}
+	if !stopWanted && !snap.stopAsked && h.violated.Load() {
+		stopWanted, why = true, sandboxv1alpha1.TerminationPolicyViolation
 	}
 	if stopWanted && !snap.stopAsked {
 		h.mu.Lock()

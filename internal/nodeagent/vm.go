@@ -8,6 +8,7 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -54,6 +55,9 @@ type vmHandle struct {
 	log *sandboxlog.Writer
 	// net is the VM's network on the node (nil: no NIC).
 	net *vmNet
+	// violated is set when a secret whose onViolation is BlockAndTerminate
+	// was sent to a host it is not allowed to: the VM is stopped.
+	violated atomic.Bool
 	// attachers are the clients attached to the main process's output.
 	attachMu  sync.Mutex
 	attachers map[*attacher]struct{}

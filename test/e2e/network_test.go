@@ -25,6 +25,7 @@ import (
 	. "github.com/onsi/gomega"
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
+	eventsv1 "k8s.io/api/events/v1"
 	"k8s.io/client-go/tools/remotecommand"
 	utilexec "k8s.io/utils/exec"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -441,7 +442,11 @@ func networkSpecs(input NetworkSpecInput) {
     - envVar: API_TOKEN
       secretKeyRef: {name: %s, key: token}
       allowedHosts: [api.allowed.test]
-`, tn.host, dnsAddr, secretName))
+    - envVar: TRIPWIRE
+      secretKeyRef: {name: %s, key: token}
+      allowedHosts: [api.allowed.test]
+      onViolation: BlockAndTerminate
+`, tn.host, dnsAddr, secretName, secretName))
 
 			By("seeing the placeholder, not the value, in the guest's environment")
 			out, _, code := sandboxExec(ns, secretSandbox, "sh", "-c", "echo $API_TOKEN")
@@ -476,6 +481,31 @@ func networkSpecs(input NetworkSpecInput) {
 				g.Expect(ok).To(BeTrue(), "no secret violation in:\n%s", grepLines(m, "sandbox_network"))
 				g.Expect(v).To(BeNumerically(">=", 1))
 			}).Should(Succeed())
+			By("seeing a SecretBlocked Warning event on the Sandbox (onViolation BlockAndLog, the default)")
+			Eventually(func(g Gomega) {
+				evs := &eventsv1.EventList{}
+				g.Expect(k8sClient.List(ctx, evs, client.InNamespace(ns))).To(Succeed())
+				var found bool
+				for _, e := range evs.Items {
+					if e.Regarding.Name == secretSandbox && e.Reason == "SecretBlocked" {
+						found = true
+						g.Expect(e.Type).To(Equal(corev1.EventTypeWarning))
+						g.Expect(e.Note).To(And(ContainSubstring("API_TOKEN"), ContainSubstring("api.other.test"), Not(ContainSubstring(value))))
+					}
+				}
+				g.Expect(found).To(BeTrue(), "no SecretBlocked event for %s", secretSandbox)
+			}).Should(Succeed())
+
+			By("sending TRIPWIRE (onViolation BlockAndTerminate) to api.other.test: the sandbox stops with terminationReason PolicyViolation")
+			_, _, code = sandboxExec(ns, secretSandbox, "sh", "-c", `nettool get https://api.other.test/ "X-Key: $TRIPWIRE"`)
+			Expect(code).NotTo(BeZero())
+			Eventually(func(g Gomega) {
+				sb := &sandboxv1alpha1.Sandbox{}
+				g.Expect(k8sClient.Get(ctx, client.ObjectKey{Namespace: ns, Name: secretSandbox}, sb)).To(Succeed())
+				g.Expect(sb.Status.Phase).To(Equal(sandboxv1alpha1.PhaseStopped))
+				g.Expect(sb.Status.TerminationReason).To(Equal(sandboxv1alpha1.TerminationPolicyViolation))
+			}).WithTimeout(60 * time.Second).Should(Succeed())
+			Expect(seen.String()).NotTo(ContainSubstring("api.other.test"), "the blocked requests never reached the server")
 			input.Delete(secretSandbox)
 		})
 
