@@ -36,7 +36,7 @@ var busyboxApplets = []string{
 	"sh", "id", "hostname", "cat", "ls", "pwd", "sleep", "echo", "env", "test",
 	"readlink", "true", "false", "mkdir", "touch", "whoami", "uname",
 	"sha256sum", "stty", // the access API's exec specs
-	"httpd", "grep", // the network specs
+	"httpd", "grep", "find", // the network specs
 }
 
 // testImage is the image the VM specs boot: a static busybox with its

@@ -615,7 +615,7 @@ func nodeAgentVMSpecs(input NodeAgentVMSpecInput) {
 		},
 		Delete: func(name string) {
 			GinkgoHelper()
-			mustKubectl("delete", "sbx", name, "-n", vmNamespace, "--timeout=60s")
+			mustKubectl("delete", "sbx", name, "-n", vmNamespace, "--timeout=60s", "--ignore-not-found")
 		},
 	})
 
