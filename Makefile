@@ -73,10 +73,11 @@ test-e2e: control-plane guest-kernel build ## Run the end-to-end suite (control 
 	go test $(GO_TEST_FLAGS) -tags e2e -timeout 20m ./test/e2e/ -v -ginkgo.v
 
 .PHONY: bench
-bench: control-plane guest-kernel build ## Run benchmarks (placement; boot: apply→Running vs a bare QEMU boot, idle RSS; access: exec round trip vs a direct agent call, 64 MiB copies); writes bench/results.json and bench/results.md.
+bench: control-plane guest-kernel build ## Run benchmarks (placement; boot: apply→Running vs a bare QEMU boot, idle RSS; access: exec round trip vs a direct agent call, 64 MiB copies; net: guest TCP throughput and connect latency vs the host's loopback); writes bench/results.json and bench/results.md.
 	go run ./bench/cmd/placebench -out bench -build=false
 	go run ./bench/cmd/bootbench -out bench -build=false
 	go run ./bench/cmd/accessbench -out bench
+	go run ./bench/cmd/netbench -out bench
 
 ##@ Build
 
