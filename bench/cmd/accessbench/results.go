@@ -92,11 +92,11 @@ func (r *report) entries() []entry {
 		return entry{Name: name, Unit: "ms", Median: round(s.median, 1), P99: round(s.p99, 1),
 			Baseline: round(base, 1), Ratio: ratio(s.median, base), Command: cmd}
 	}
-	// Throughput: higher is better, so ratio = baseline / median (direct
-	// MiB/s over the plugin's) keeps "lower is better" for the table.
+	// Throughput: ratio = median / baseline as for every row (the
+	// project's rule), so higher is better here.
 	tp := func(name string, s, baseline stat, samples []float64) entry {
 		return entry{Name: name, Unit: "MiB/s", Median: round(s.median, 1), P99: round(lowTail(samples), 1),
-			Baseline: round(baseline.median, 1), Ratio: ratio(baseline.median, s.median), Command: cmd}
+			Baseline: round(baseline.median, 1), Ratio: ratio(s.median, baseline.median), Command: cmd}
 	}
 	mibName := fmt.Sprintf("%dMiB", r.b.cfg.fileMiB)
 	return []entry{
@@ -172,17 +172,17 @@ func (r *report) markdown() string {
 	p("**files.** A %d MiB file of pseudo-random bytes (ChaCha8: incompressible), %d timed copies of each kind, upload then "+
 		"download in each round, the plugin and the direct copy alternating which goes first. MiB/s = %d MiB / wall time. "+
 		"In results.json `median` is the plugin's median MiB/s, `baseline` the direct copy's median MiB/s, `ratio` = "+
-		"baseline / median (how many times faster the direct copy is; lower is better, as for every entry), and `p99` the "+
+		"median / baseline (the plugin's share of the direct copy's throughput; higher is better), and `p99` the "+
 		"slow tail: the throughput 99%% of the plugin's copies reached (nearest rank from the bottom: the slowest of %d).\n\n",
 		c.fileMiB, c.fileRuns, c.fileMiB, c.fileRuns)
 	p("- `files/copy-%dMiB-upload`: `bin/kubectl-sandbox cp <local> %s:/tmp/accessbench-plugin.bin` (process start included; "+
 		"/tmp in the guest, per its /proc/mounts: %s) — median **%.1f MiB/s** (runs: %s s) — against a POST `?op=write&path=/tmp/accessbench-direct.bin` "+
 		"with the bytes as the body, straight to the agent's files endpoint with the manager's client certificate — median "+
 		"**%.1f MiB/s** (runs: %s s): ratio %.3f.\n",
-		c.fileMiB, sandboxName, b.tmpFS, r.upPlugin.median, secs(b.upPluginS), r.upDirect.median, secs(b.upDirectS), ratio(r.upDirect.median, r.upPlugin.median))
+		c.fileMiB, sandboxName, b.tmpFS, r.upPlugin.median, secs(b.upPluginS), r.upDirect.median, secs(b.upDirectS), ratio(r.upPlugin.median, r.upDirect.median))
 	p("- `files/copy-%dMiB-download`: `bin/kubectl-sandbox cp %s:/tmp/accessbench-plugin.bin <local>` — median **%.1f MiB/s** "+
 		"(runs: %s s) — against a GET `?op=read` of the direct copy's file — median **%.1f MiB/s** (runs: %s s): ratio %.3f.\n",
-		c.fileMiB, sandboxName, r.downPlugin.median, secs(b.downPluginS), r.downDirect.median, secs(b.downDirectS), ratio(r.downDirect.median, r.downPlugin.median))
+		c.fileMiB, sandboxName, r.downPlugin.median, secs(b.downPluginS), r.downDirect.median, secs(b.downDirectS), ratio(r.downPlugin.median, r.downDirect.median))
 	p("- Checked: every download's sha256 equals the original's (the plugin's download is of the plugin's upload, the direct " +
 		"read of the direct write), and the plugin's first upload was also read back directly and matched.\n\n")
 

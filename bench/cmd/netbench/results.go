@@ -48,15 +48,15 @@ func (b *bench) report() *report {
 // clock (the guest's can drift from it under load, see clockNote): the
 // guest→host row and its baseline by the host sink (accept → EOF), the
 // host→guest row and its baseline by the host sender (dial → the count).
-// For throughputs `ratio` is baseline / median (how many times faster the
-// host's own loopback is), so that lower is better as for every other row
-// of results.json, and `p99` is the slow tail (stats.LowTail), as
-// accessbench reports its copies.
+// For throughputs `ratio` is median / baseline as for every row (the
+// guest's share of the host's own loopback throughput: higher is better),
+// and `p99` is the slow tail (stats.LowTail), as accessbench reports its
+// copies.
 func (r *report) entries() []results.Entry {
 	b := r.b
 	tp := func(name string, s, base stats.Summary, samples []float64, what string) results.Entry {
 		return results.Entry{Name: name, Unit: "MiB/s", Median: stats.Round(s.Median, 1), P99: stats.Round(stats.LowTail(samples), 1),
-			Baseline: stats.Round(base.Median, 1), Ratio: stats.Ratio(base.Median, s.Median), Command: b.cfg.command + " # " + what}
+			Baseline: stats.Round(base.Median, 1), Ratio: stats.Ratio(s.Median, base.Median), Command: b.cfg.command + " # " + what}
 	}
 	size := fmt.Sprint(b.cfg.mib << 20)
 	out := []results.Entry{
@@ -124,8 +124,8 @@ func (r *report) markdown() string {
 		"each one guest→host transfer and one host→host baseline (alternating which goes first), then %d host→guest transfers. "+
 		"**Every row is timed by the host's clock** (the guest's clock drifts from it under load: see below): guest→host and "+
 		"its baseline by the host's sink, host→guest and its baseline by the host's sender; the other side's clock is given as a "+
-		"cross-check. In results.json `baseline` is the host→host median, `ratio` = baseline / median (how many times faster the "+
-		"host's own loopback is; lower is better, as for every row) and `p99` the slow tail: the slowest run.\n\n",
+		"cross-check. In results.json `baseline` is the host→host median, `ratio` = median / baseline (the guest's share of the "+
+		"host's own loopback throughput; higher is better) and `p99` the slow tail: the slowest run.\n\n",
 		c.mib<<20, r.sizeS, c.runs, c.runs)
 	p("- `%s`: guest `nettool send 10.0.2.2:<sink> …` → median **%.1f MiB/s** (runs: %s), against host `nettool send "+
 		"127.0.0.1:<sink> …` → median **%.1f MiB/s** (runs: %s): the host is **%.1f×** faster. By the senders' clocks: guest "+

@@ -104,7 +104,7 @@ func Write(dir string, owns func(name string) bool, entries []Entry, sectionBegi
 	md := string(old)
 	if !strings.Contains(md, tableBegin) || !strings.Contains(md, tableEnd) {
 		md = "# Benchmark results\n\nWritten by `make bench`; " +
-			"`ratio` is median / baseline (lower is better for every entry here).\n\n" +
+			"`ratio` is median / baseline, measured in the same run: lower is better for times and memory (ms, s, MiB), higher for throughput (MiB/s).\n\n" +
 			tableBegin + "\n" + tableEnd + "\n"
 	}
 	md = replaceSection(md, tableBegin, tableEnd, table(all))
