@@ -10,6 +10,9 @@ export KUBEBUILDER_ASSETS ?= $(BIN)/k8s
 
 CONTROLLER_GEN ?= $(BIN)/controller-gen
 TOOLS_MOD := hack/tools/go.mod
+HELM ?= $(BIN)/helm
+HELM_MOD := hack/tools/helm/go.mod
+CHART := charts/sandbox-operator
 GO_TEST_FLAGS ?= -count=1
 FUZZ_TIME ?= 20s
 
@@ -25,11 +28,17 @@ help: ## Show this help.
 ##@ Development
 
 .PHONY: manifests
-manifests: tools ## Generate CRDs (config/crd/bases) and RBAC (config/rbac) from markers.
+manifests: tools ## Generate CRDs (config/crd/bases) and RBAC (config/rbac) from markers, and copy both into the Helm chart.
 	$(CONTROLLER_GEN) rbac:roleName=manager-role crd paths="./api/..." paths="./internal/controller/..." paths="./internal/access/..." \
 		output:crd:artifacts:config=config/crd/bases output:rbac:artifacts:config=config/rbac
 	$(CONTROLLER_GEN) rbac:roleName=node-agent-role paths="./internal/nodeagent/..." \
 		output:rbac:artifacts:config=config/rbac/node-agent
+	# The chart installs the same CRDs and renders its Roles' rules from copies of config/rbac (charts/*/templates/rbac).
+	rm -rf $(CHART)/crds $(CHART)/files/rbac && mkdir -p $(CHART)/crds $(CHART)/files/rbac
+	cp config/crd/bases/*.yaml $(CHART)/crds/
+	cp config/rbac/role.yaml $(CHART)/files/rbac/manager-role.yaml
+	cp config/rbac/leader_election_role.yaml $(CHART)/files/rbac/leader-election-role.yaml
+	cp config/rbac/node-agent/role.yaml $(CHART)/files/rbac/node-agent-role.yaml
 
 .PHONY: generate
 generate: tools ## Generate deepcopy and the client-go clientset, listers, informers and apply configurations.
@@ -59,7 +68,7 @@ verify: ## Regenerate everything and fail if the committed files differ.
 ##@ Test
 
 .PHONY: test
-test: control-plane guest-kernel tools vet build ## Run everything CI runs: unit, envtest and fuzz tests against a real kube-apiserver + etcd, a real microVM boot (QEMU), the verify check, a `make dev` smoke run and the e2e suite.
+test: control-plane guest-kernel tools $(HELM) vet build ## Run everything CI runs: unit, envtest and fuzz tests against a real kube-apiserver + etcd, a real microVM boot (QEMU), the verify check, a `make dev` smoke run and the e2e suite.
 	SANDBOX_REQUIRE_VM=1 go test $(GO_TEST_FLAGS) ./...
 	go test -run '^$$' -fuzz FuzzDerivePhase -fuzztime $(FUZZ_TIME) ./api/v1alpha1/
 	go test -run '^$$' -fuzz FuzzReadFrame -fuzztime $(FUZZ_TIME) ./internal/guest/protocol/
@@ -79,6 +88,16 @@ bench: control-plane guest-kernel build ## Run benchmarks (placement; boot: appl
 	go run ./bench/cmd/accessbench -out bench
 	go run ./bench/cmd/netbench -out bench
 
+##@ Helm chart
+
+.PHONY: helm-lint
+helm-lint: $(HELM) ## Lint the chart (helm lint --strict).
+	$(HELM) lint --strict $(CHART)
+
+.PHONY: helm-template
+helm-template: $(HELM) ## Render the chart with its defaults (CRDs included) to stdout.
+	$(HELM) template sandbox-operator $(CHART) --namespace sandbox-system --include-crds
+
 ##@ Build
 
 .PHONY: build
@@ -94,6 +113,22 @@ dev: control-plane guest-kernel build ## Run it locally: kube-apiserver + etcd, 
 	hack/dev.sh
 
 ##@ Dependencies
+
+.PHONY: helm
+helm: $(HELM) ## Build helm (pinned in hack/tools/helm/go.mod) into bin/.
+
+# helm's version and its default Kubernetes version (Capabilities.KubeVersion,
+# the lint deprecation checks) are stamped the way helm's own Makefile does,
+# from the pinned module versions.
+$(HELM): $(HELM_MOD)
+	cd hack/tools/helm && v=$$(go list -m -f '{{.Version}}' helm.sh/helm/v3) && \
+		k=$$(go list -m -f '{{.Version}}' k8s.io/client-go) && k=$${k#v0.} && k=$${k%%.*} && \
+		go build -trimpath -o $(HELM) -ldflags "-X helm.sh/helm/v3/internal/version.version=$$v \
+			-X helm.sh/helm/v3/internal/version.gitTreeState=clean \
+			-X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMajor=1 -X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMinor=$$k \
+			-X helm.sh/helm/v3/pkg/chartutil.k8sVersionMajor=1 -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMinor=$$k" \
+		helm.sh/helm/v3/cmd/helm
+	touch $(HELM)
 
 .PHONY: control-plane
 control-plane: ## Build kube-apiserver, etcd and kubectl from Go modules into bin/k8s (cached).
