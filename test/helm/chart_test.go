@@ -1,0 +1,520 @@
+package helm
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"sort"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/go-logr/logr"
+	. "github.com/onsi/gomega"
+	corev1 "k8s.io/api/core/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/apimachinery/pkg/util/yaml"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/envtest"
+	ctrllog "sigs.k8s.io/controller-runtime/pkg/log"
+)
+
+const (
+	root  = "../.."
+	chart = root + "/charts/sandbox-operator"
+	// release and namespace of the rendered chart. The namespace is not the
+	// default install's sandbox-system, so that every place the chart must
+	// template it shows.
+	release   = "sandbox-operator"
+	namespace = "sbx-install"
+	// markerNamespace is the namespace the +kubebuilder:rbac markers (and so
+	// config/rbac) name for the operator's own.
+	markerNamespace = "sandbox-system"
+)
+
+// allOptions switches on every optional part of the chart.
+var allOptions = filepath.Join("testdata", "all-options.yaml")
+
+// TestChart lints and renders the chart with the pinned helm, checks the
+// rendering (wiring between objects, RBAC equal to config/rbac's, CRDs equal
+// to config/crd's, the values that matter on a real cluster), then applies it
+// to a real kube-apiserver with server-side dry-run and for real, with the
+// defaults and then with every option on (an upgrade).
+func TestChart(t *testing.T) {
+	helm := binary(t, "HELM", filepath.Join(root, "bin", "helm"), "run `make helm` (make test builds it)")
+	assets := os.Getenv("KUBEBUILDER_ASSETS")
+	if assets == "" {
+		assets = filepath.Join(root, "bin", "k8s")
+	}
+	kubectl := binary(t, "", filepath.Join(assets, "kubectl"), "run `make control-plane` or set KUBEBUILDER_ASSETS")
+
+	t.Run("helm lint passes with the defaults and with every option", func(t *testing.T) {
+		g := NewWithT(t)
+		out, err := run(helm, "lint", "--strict", chart)
+		g.Expect(err).NotTo(HaveOccurred(), out)
+		out, err = run(helm, "lint", "--strict", chart, "--namespace", namespace, "-f", allOptions)
+		g.Expect(err).NotTo(HaveOccurred(), out)
+	})
+
+	t.Run("values.schema.json refuses wrong types and unknown values", func(t *testing.T) {
+		for _, tc := range []struct{ set, want string }{
+			{"nodeAgent.allowEmulation=yes", "want boolean"},
+			{"nodeAgent.accelerator=hvf", "nodeAgent/accelerator"},
+			{"manager.replicas=2", "additional properties 'replicas' not allowed"},
+			{"nodeAgent.cgroupParent=/sys/fs/cgroup/x", "nodeAgent/cgroupParent"},
+		} {
+			out, err := run(helm, "template", release, chart, "--set-string", tc.set)
+			if err == nil || !strings.Contains(out, tc.want) {
+				t.Errorf("helm template --set-string %s: want an error with %q, got err=%v:\n%s", tc.set, tc.want, err, out)
+			}
+		}
+	})
+
+	defaults := render(t, helm)
+	everything := render(t, helm, "-f", allOptions)
+
+	t.Run("the rendering holds the expected objects in the release namespace", func(t *testing.T) {
+		g := NewWithT(t)
+		g.Expect(kinds(defaults)).To(Equal(map[string]int{
+			"CustomResourceDefinition": 2, "ServiceAccount": 2, "ClusterRole": 2, "ClusterRoleBinding": 2,
+			"Role": 3, "RoleBinding": 3, "Service": 3, "Deployment": 1, "DaemonSet": 1,
+			"PodDisruptionBudget": 1, "APIService": 1,
+		}))
+		g.Expect(kinds(everything)).To(HaveKeyWithValue("ServiceMonitor", 2))
+		for _, o := range append(slices.Clone(defaults), everything...) {
+			switch o.GetKind() {
+			case "CustomResourceDefinition", "ClusterRole", "ClusterRoleBinding", "APIService":
+				g.Expect(o.GetNamespace()).To(BeEmpty(), "%s %s is cluster-scoped", o.GetKind(), o.GetName())
+			case "Role", "RoleBinding":
+				g.Expect(o.GetNamespace()).To(BeElementOf(namespace, "kube-system"), "%s %s", o.GetKind(), o.GetName())
+			default:
+				g.Expect(o.GetNamespace()).To(Equal(namespace), "%s %s", o.GetKind(), o.GetName())
+			}
+		}
+	})
+
+	t.Run("the CRDs are config/crd/bases'", func(t *testing.T) {
+		g := NewWithT(t)
+		want := map[string]map[string]any{}
+		files, err := filepath.Glob(filepath.Join(root, "config", "crd", "bases", "*.yaml"))
+		g.Expect(err).NotTo(HaveOccurred())
+		for _, f := range files {
+			for _, o := range decodeFile(t, f) {
+				want[o.GetName()] = o.Object
+			}
+		}
+		got := map[string]map[string]any{}
+		for _, o := range byKind(defaults, "CustomResourceDefinition") {
+			got[o.GetName()] = o.Object
+		}
+		g.Expect(got).To(Equal(want))
+	})
+
+	t.Run("every identity's RBAC equals config/rbac's", func(t *testing.T) {
+		g := NewWithT(t)
+		var config []*unstructured.Unstructured
+		for _, f := range []string{"role.yaml", "role_binding.yaml", "service_account.yaml", "leader_election_role.yaml",
+			"leader_election_role_binding.yaml", "node-agent/role.yaml", "node-agent/role_binding.yaml", "node-agent/service_account.yaml"} {
+			config = append(config, decodeFile(t, filepath.Join(root, "config", "rbac", f))...)
+		}
+		configIdentities := map[string]string{"sandbox-manager": "manager", "sandbox-node-agent": "node-agent"}
+		chartIdentities := map[string]string{
+			podSpec(t, one(t, defaults, "Deployment")).ServiceAccountName: "manager",
+			podSpec(t, one(t, defaults, "DaemonSet")).ServiceAccountName:  "node-agent",
+		}
+		want := grants(t, config, markerNamespace, configIdentities)
+		got := grants(t, defaults, namespace, chartIdentities)
+		g.Expect(want).To(HaveLen(5), "config/rbac: the manager's ClusterRole, its two Roles in %s and one in kube-system, the agent's ClusterRole", markerNamespace)
+		g.Expect(got).To(Equal(want))
+		g.Expect(grants(t, everything, namespace, chartIdentities)).To(Equal(want))
+		for _, sa := range byKind(defaults, "ServiceAccount") {
+			g.Expect(chartIdentities).To(HaveKey(sa.GetName()), "every ServiceAccount runs a workload")
+		}
+	})
+
+	t.Run("the manager's flags, its access Service and the APIService agree", func(t *testing.T) {
+		g := NewWithT(t)
+		dep := one(t, defaults, "Deployment")
+		spec := podSpec(t, dep)
+		g.Expect(spec.Containers).To(HaveLen(1))
+		c := spec.Containers[0]
+		g.Expect(c.Image).To(Equal("sandbox-operator/manager:0.1.0"), "the tag defaults to the appVersion")
+		g.Expect(c.SecurityContext.Privileged).To(BeNil())
+		g.Expect(*c.SecurityContext.ReadOnlyRootFilesystem).To(BeTrue())
+		g.Expect(*spec.SecurityContext.RunAsNonRoot).To(BeTrue())
+
+		svc := service(t, defaults, release+"-access")
+		g.Expect(c.Args).To(ContainElements("--leader-elect=true", "--lease-namespace="+namespace,
+			"--metrics-bind-address=:8080", "--health-probe-bind-address=:8081",
+			"--access-bind-address=:8443", "--access-service="+svc.Name,
+			fmt.Sprintf("--access-service-port=%d", svc.Spec.Ports[0].Port), "--access-register-apiservice=true"))
+		g.Expect(c.Ports).To(ContainElement(And(HaveField("Name", svc.Spec.Ports[0].TargetPort.StrVal), HaveField("ContainerPort", int32(8443)))))
+		g.Expect(svc.Spec.Selector).To(Equal(stringMap(dep, "spec", "selector", "matchLabels")))
+		g.Expect(c.LivenessProbe.HTTPGet.Path).To(Equal("/healthz"))
+		g.Expect(c.ReadinessProbe.HTTPGet.Path).To(Equal("/readyz"))
+
+		as := one(t, defaults, "APIService")
+		g.Expect(as.GetName()).To(Equal("v1alpha1.subresources.sandbox.microvm.dev"))
+		ref, _, _ := unstructured.NestedMap(as.Object, "spec", "service")
+		g.Expect(ref).To(Equal(map[string]any{"namespace": namespace, "name": svc.Name, "port": int64(svc.Spec.Ports[0].Port)}))
+		_, hasCA, _ := unstructured.NestedString(as.Object, "spec", "caBundle")
+		g.Expect(hasCA).To(BeFalse(), "the manager fills in its own serving CA")
+
+		pdb := one(t, defaults, "PodDisruptionBudget")
+		g.Expect(stringMap(pdb, "spec", "selector", "matchLabels")).To(Equal(svc.Spec.Selector))
+	})
+
+	t.Run("the node agent: downward API, host paths, KVM unless emulation is allowed", func(t *testing.T) {
+		g := NewWithT(t)
+		spec := podSpec(t, one(t, defaults, "DaemonSet"))
+		g.Expect(spec.HostNetwork).To(BeTrue())
+		g.Expect(spec.HostPID).To(BeTrue())
+		c := spec.Containers[0]
+		g.Expect(c.Image).To(Equal("sandbox-operator/node-agent:0.1.0"))
+		g.Expect(c.Env).To(ContainElements(
+			corev1.EnvVar{Name: "NODE_NAME", ValueFrom: &corev1.EnvVarSource{FieldRef: &corev1.ObjectFieldSelector{FieldPath: "spec.nodeName"}}},
+			corev1.EnvVar{Name: "HOST_IP", ValueFrom: &corev1.EnvVarSource{FieldRef: &corev1.ObjectFieldSelector{FieldPath: "status.hostIP"}}}))
+		g.Expect(c.Args).To(ContainElements("--lease-namespace="+namespace, "--node-address=$(HOST_IP)",
+			"--access-bind-address=:10270", "--access-advertise-address=$(HOST_IP):10270",
+			"--state-dir=/var/lib/sandbox-operator", "--accelerator=auto",
+			"--cgroup-parent=/run/sandbox-operator/cgroup"))
+		g.Expect(c.Args).NotTo(ContainElement("--allow-emulation"), "allowEmulation is off by default")
+		g.Expect(*c.SecurityContext.Privileged).To(BeTrue())
+		g.Expect(spec.NodeSelector).To(BeEmpty())
+		vols := map[string]corev1.HostPathVolumeSource{}
+		for _, v := range spec.Volumes {
+			if v.HostPath != nil {
+				vols[v.Name] = *v.HostPath
+			}
+		}
+		charDev, dirOrCreate := corev1.HostPathCharDev, corev1.HostPathDirectoryOrCreate
+		g.Expect(vols).To(Equal(map[string]corev1.HostPathVolumeSource{
+			"kvm":       {Path: "/dev/kvm", Type: &charDev},
+			"state":     {Path: "/var/lib/sandbox-operator", Type: &dirOrCreate},
+			"vm-cgroup": {Path: "/sys/fs/cgroup/sandbox-vms.slice", Type: &dirOrCreate},
+		}))
+
+		spec = podSpec(t, one(t, everything, "DaemonSet"))
+		c = spec.Containers[0]
+		g.Expect(c.Args).To(ContainElements("--allow-emulation", "--image-dir=/var/lib/sandbox-images",
+			"--initrd=/opt/sandbox-operator/initrd.img", "--egress-ca-bundle=/etc/sandbox-operator/egress-ca/ca.crt"))
+		g.Expect(c.Image).To(Equal("registry.example.com/sandbox-operator/node-agent:v0.1.0-test"))
+		g.Expect(spec.NodeSelector).To(Equal(map[string]string{"sandbox.microvm.dev/kvm": "true"}))
+		g.Expect(spec.Tolerations).To(HaveLen(1))
+		for _, v := range spec.Volumes {
+			if v.Name == "kvm" {
+				g.Expect(*v.HostPath.Type).To(BeEmpty(), "with emulation allowed a node without /dev/kvm runs the agent")
+			}
+		}
+	})
+
+	// A real kube-apiserver and etcd; no kubelet, so the Deployment and the
+	// DaemonSet are only stored.
+	ctrllog.SetLogger(logr.Discard())
+	testEnv := &envtest.Environment{BinaryAssetsDirectory: assets}
+	if _, err := testEnv.Start(); err != nil {
+		t.Fatalf("starting envtest (kube-apiserver and etcd from %s): %v", assets, err)
+	}
+	t.Cleanup(func() {
+		if err := testEnv.Stop(); err != nil {
+			t.Errorf("stopping envtest: %v", err)
+		}
+	})
+	admin, err := testEnv.AddUser(envtest.User{Name: "chart-admin", Groups: []string{"system:masters"}}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kubeconfig, err := admin.KubeConfig()
+	if err != nil {
+		t.Fatal(err)
+	}
+	kubeconfigPath := filepath.Join(t.TempDir(), "kubeconfig")
+	if err := os.WriteFile(kubeconfigPath, kubeconfig, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	c, err := client.New(admin.Config(), client.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+
+	t.Run("the rendered chart is accepted by the API server: server-side dry-run, then for real, then upgraded with every option", func(t *testing.T) {
+		g := NewWithT(t)
+		// helm install --create-namespace makes the namespace first.
+		g.Expect(c.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: namespace}})).To(Succeed())
+		// The Prometheus operator's CRD, as a schemaless stand-in.
+		g.Expect(c.Create(ctx, serviceMonitorCRD())).To(Succeed())
+		g.Eventually(func(g Gomega) {
+			out, err := run(kubectl, "--kubeconfig", kubeconfigPath, "get", "servicemonitors.monitoring.coreos.com", "-A")
+			g.Expect(err).NotTo(HaveOccurred(), out)
+		}).WithTimeout(30 * time.Second).WithPolling(200 * time.Millisecond).Should(Succeed())
+
+		for _, rendering := range []struct {
+			name    string
+			objects []*unstructured.Unstructured
+		}{{"defaults", defaults}, {"every option", everything}} {
+			manifest := filepath.Join(t.TempDir(), "chart.yaml")
+			g.Expect(os.WriteFile(manifest, encode(t, rendering.objects), 0o600)).To(Succeed())
+			apply := []string{"--kubeconfig", kubeconfigPath, "apply", "--server-side", "--field-manager=helm", "-f", manifest}
+
+			out, err := run(kubectl, append(apply, "--dry-run=server")...)
+			g.Expect(err).NotTo(HaveOccurred(), "server-side dry-run of %s:\n%s", rendering.name, out)
+			if rendering.name == "defaults" {
+				for _, o := range rendering.objects {
+					err := c.Get(ctx, client.ObjectKeyFromObject(o), cloneEmpty(o))
+					g.Expect(apierrors.IsNotFound(err) || meta.IsNoMatchError(err)).To(BeTrue(), "the dry run stored %s %s: %v", o.GetKind(), o.GetName(), err)
+				}
+			}
+
+			out, err = run(kubectl, apply...)
+			g.Expect(err).NotTo(HaveOccurred(), "apply of %s:\n%s", rendering.name, out)
+			for _, o := range rendering.objects {
+				got := cloneEmpty(o)
+				g.Expect(c.Get(ctx, client.ObjectKeyFromObject(o), got)).To(Succeed(), "%s %s/%s", o.GetKind(), o.GetNamespace(), o.GetName())
+				g.Expect(got.GetLabels()).To(Equal(o.GetLabels()), "%s %s", o.GetKind(), o.GetName())
+			}
+		}
+	})
+}
+
+// binary returns the path of a tool, from env when set, else def; it fails
+// the test with hint when the file is missing.
+func binary(t *testing.T, env, def, hint string) string {
+	t.Helper()
+	p := def
+	if env != "" && os.Getenv(env) != "" {
+		p = os.Getenv(env)
+	}
+	abs, err := filepath.Abs(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(abs); err != nil {
+		t.Fatalf("no %s: %s", abs, hint)
+	}
+	return abs
+}
+
+// run runs a command and returns its combined output.
+func run(name string, args ...string) (string, error) {
+	var out bytes.Buffer
+	cmd := exec.Command(name, args...)
+	cmd.Stdout, cmd.Stderr = &out, &out
+	err := cmd.Run()
+	return out.String(), err
+}
+
+// render runs helm template on the chart (CRDs included) and decodes it.
+func render(t *testing.T, helm string, args ...string) []*unstructured.Unstructured {
+	t.Helper()
+	cmd := exec.Command(helm, append([]string{"template", release, chart, "--namespace", namespace, "--include-crds"}, args...)...)
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("helm template %v: %v\n%s", args, err, stderr.String())
+	}
+	return decode(t, bytes.NewReader(out))
+}
+
+func decodeFile(t *testing.T, path string) []*unstructured.Unstructured {
+	t.Helper()
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = f.Close() }()
+	return decode(t, f)
+}
+
+// decode reads a multi-document YAML stream, skipping empty documents.
+func decode(t *testing.T, r io.Reader) []*unstructured.Unstructured {
+	t.Helper()
+	d := yaml.NewYAMLOrJSONDecoder(r, 4096)
+	var objs []*unstructured.Unstructured
+	for {
+		var raw runtime.RawExtension
+		if err := d.Decode(&raw); err != nil {
+			if errors.Is(err, io.EOF) {
+				return objs
+			}
+			t.Fatalf("decoding YAML: %v", err)
+		}
+		if len(raw.Raw) == 0 || string(raw.Raw) == "null" {
+			continue
+		}
+		// Unstructured's own JSON decoding keeps integers int64.
+		o := &unstructured.Unstructured{}
+		if err := o.UnmarshalJSON(raw.Raw); err != nil {
+			t.Fatalf("decoding %s: %v", raw.Raw, err)
+		}
+		objs = append(objs, o)
+	}
+}
+
+// encode writes objects as one JSON document per line (kubectl reads a
+// stream of them).
+func encode(t *testing.T, objs []*unstructured.Unstructured) []byte {
+	t.Helper()
+	var b bytes.Buffer
+	for _, o := range objs {
+		j, err := json.Marshal(o.Object)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b.Write(j)
+		b.WriteByte('\n')
+	}
+	return b.Bytes()
+}
+
+func kinds(objs []*unstructured.Unstructured) map[string]int {
+	m := map[string]int{}
+	for _, o := range objs {
+		m[o.GetKind()]++
+	}
+	return m
+}
+
+func byKind(objs []*unstructured.Unstructured, kind string) []*unstructured.Unstructured {
+	var out []*unstructured.Unstructured
+	for _, o := range objs {
+		if o.GetKind() == kind {
+			out = append(out, o)
+		}
+	}
+	return out
+}
+
+func one(t *testing.T, objs []*unstructured.Unstructured, kind string) *unstructured.Unstructured {
+	t.Helper()
+	got := byKind(objs, kind)
+	if len(got) != 1 {
+		t.Fatalf("want one %s, got %d", kind, len(got))
+	}
+	return got[0]
+}
+
+func convert(t *testing.T, from map[string]any, to any) {
+	t.Helper()
+	if err := runtime.DefaultUnstructuredConverter.FromUnstructured(from, to); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// podSpec is a Deployment's or DaemonSet's Pod template spec.
+func podSpec(t *testing.T, o *unstructured.Unstructured) corev1.PodSpec {
+	t.Helper()
+	m, ok, err := unstructured.NestedMap(o.Object, "spec", "template", "spec")
+	if !ok || err != nil {
+		t.Fatalf("%s %s has no Pod template: %v", o.GetKind(), o.GetName(), err)
+	}
+	var spec corev1.PodSpec
+	convert(t, m, &spec)
+	return spec
+}
+
+func service(t *testing.T, objs []*unstructured.Unstructured, name string) corev1.Service {
+	t.Helper()
+	for _, o := range byKind(objs, "Service") {
+		if o.GetName() == name {
+			var svc corev1.Service
+			convert(t, o.Object, &svc)
+			return svc
+		}
+	}
+	t.Fatalf("no Service %s", name)
+	return corev1.Service{}
+}
+
+func stringMap(o *unstructured.Unstructured, fields ...string) map[string]string {
+	m, _, _ := unstructured.NestedStringMap(o.Object, fields...)
+	return m
+}
+
+// grants lists what each identity may do: one line per (identity, kind of
+// role, namespace, rules) bound to it, with ownNamespace written as
+// "<own>" so that the chart's release namespace and config/'s
+// sandbox-system compare equal. identities maps ServiceAccount names to
+// identity names. Sorted.
+func grants(t *testing.T, objs []*unstructured.Unstructured, ownNamespace string, identities map[string]string) []string {
+	t.Helper()
+	roles := map[string][]rbacv1.PolicyRule{}
+	for _, o := range objs {
+		if o.GetKind() == "ClusterRole" || o.GetKind() == "Role" {
+			var r rbacv1.Role
+			convert(t, o.Object, &r)
+			roles[o.GetKind()+"/"+o.GetNamespace()+"/"+o.GetName()] = r.Rules
+		}
+	}
+	var out []string
+	for _, o := range objs {
+		if o.GetKind() != "ClusterRoleBinding" && o.GetKind() != "RoleBinding" {
+			continue
+		}
+		var b rbacv1.RoleBinding
+		convert(t, o.Object, &b)
+		rules, ok := roles[b.RoleRef.Kind+"/"+b.Namespace+"/"+b.RoleRef.Name]
+		if b.RoleRef.Kind == "ClusterRole" {
+			rules, ok = roles["ClusterRole//"+b.RoleRef.Name]
+		}
+		if !ok {
+			t.Errorf("%s %s/%s binds %s %s, which is not there", o.GetKind(), b.Namespace, b.Name, b.RoleRef.Kind, b.RoleRef.Name)
+			continue
+		}
+		ns := b.Namespace
+		if ns == ownNamespace {
+			ns = "<own>"
+		}
+		rj, err := json.Marshal(rules)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, s := range b.Subjects {
+			id, known := identities[s.Name]
+			if s.Kind != rbacv1.ServiceAccountKind || !known || s.Namespace != ownNamespace {
+				t.Errorf("%s %s/%s binds an unexpected subject %+v", o.GetKind(), b.Namespace, b.Name, s)
+				continue
+			}
+			out = append(out, fmt.Sprintf("%s %s ns=%q %s", id, b.RoleRef.Kind, ns, rj))
+		}
+	}
+	sort.Strings(out)
+	return out
+}
+
+// cloneEmpty is an empty object of o's kind, for a Get.
+func cloneEmpty(o *unstructured.Unstructured) *unstructured.Unstructured {
+	u := &unstructured.Unstructured{}
+	u.SetGroupVersionKind(o.GroupVersionKind())
+	return u
+}
+
+// serviceMonitorCRD stands in for the Prometheus operator's CRD (no schema),
+// so that the chart's ServiceMonitors can be applied.
+func serviceMonitorCRD() *unstructured.Unstructured {
+	crd := &unstructured.Unstructured{Object: map[string]any{
+		"metadata": map[string]any{"name": "servicemonitors.monitoring.coreos.com"},
+		"spec": map[string]any{
+			"group": "monitoring.coreos.com", "scope": "Namespaced",
+			"names": map[string]any{"kind": "ServiceMonitor", "listKind": "ServiceMonitorList", "plural": "servicemonitors", "singular": "servicemonitor"},
+			"versions": []any{map[string]any{"name": "v1", "served": true, "storage": true,
+				"schema": map[string]any{"openAPIV3Schema": map[string]any{"type": "object", "x-kubernetes-preserve-unknown-fields": true}}}},
+		},
+	}}
+	crd.SetGroupVersionKind(schema.GroupVersionKind{Group: "apiextensions.k8s.io", Version: "v1", Kind: "CustomResourceDefinition"})
+	return crd
+}
