@@ -31,6 +31,33 @@ func withPorts(ports ...sandboxv1alpha1.PublishedPort) sbxOpt {
 	}
 }
 
+// specNamespace gives each spec of the container a namespace of its own
+// (prefix + random) and, after the spec, deletes its Sandboxes (confirming
+// for the node agent) and the nodes: specs share the cluster. It returns
+// the current spec's namespace.
+func specNamespace(prefix string) func() string {
+	var ns string
+	BeforeEach(func(ctx SpecContext) {
+		ns = prefix + rand.String(6)
+		Expect(k8sClient.Create(ctx, &corev1.Namespace{ObjectMeta: metaName(ns)})).To(Succeed())
+		SetDefaultEventuallyTimeout(20 * time.Second)
+		SetDefaultEventuallyPollingInterval(100 * time.Millisecond)
+	})
+	AfterEach(func(ctx SpecContext) {
+		list := &sandboxv1alpha1.SandboxList{}
+		Expect(k8sClient.List(ctx, list, client.InNamespace(ns))).To(Succeed())
+		for i := range list.Items {
+			_ = k8sClient.Delete(ctx, &list.Items[i])
+			agentConfirmsDeletionIfPresent(ctx, &list.Items[i])
+		}
+		for i := range list.Items {
+			expectGone(ctx, &list.Items[i])
+		}
+		deleteAllNodes(ctx)
+	})
+	return func() string { return ns }
+}
+
 // agentReportsListening applies the VM observation and the published
 // ports' endpoints together, as the node agent does: one apply under its
 // field manager holds all of its fields, so reporting the VM alone would
@@ -59,31 +86,10 @@ func endpointSlicesOf(ctx context.Context, g Gomega, ns, service string) []disco
 }
 
 var _ = Describe("Sandbox Service", func() {
-	var (
-		ctx context.Context
-		ns  string
-	)
-
-	BeforeEach(func() {
-		ctx = context.Background()
-		ns = "svc-" + rand.String(6)
-		Expect(k8sClient.Create(ctx, &corev1.Namespace{ObjectMeta: metaName(ns)})).To(Succeed())
-		SetDefaultEventuallyTimeout(20 * time.Second)
-		SetDefaultEventuallyPollingInterval(100 * time.Millisecond)
-	})
-
-	AfterEach(func() {
-		list := &sandboxv1alpha1.SandboxList{}
-		Expect(k8sClient.List(ctx, list, client.InNamespace(ns))).To(Succeed())
-		for i := range list.Items {
-			_ = k8sClient.Delete(ctx, &list.Items[i])
-			agentConfirmsDeletionIfPresent(ctx, &list.Items[i])
-		}
-		for i := range list.Items {
-			expectGone(ctx, &list.Items[i])
-		}
-		deleteAllNodes(ctx)
-	})
+	ctx := context.Background()
+	var ns string
+	namespace := specNamespace("svc-")
+	JustBeforeEach(func() { ns = namespace() })
 
 	It("publishes a wildcard-bound port at the node's InternalIP, ready only while Running, and removes the Service with the ports", func() {
 		createNode(ctx, "node-svc", withInternalIP("10.0.0.5"))
