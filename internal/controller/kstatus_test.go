@@ -41,11 +41,25 @@ var _ = Describe("Sandbox status for GitOps (kstatus)", func() {
 
 		By("the guest answers: Current")
 		agentReports(ctx, s, sandboxv1alpha1.VMRunning)
+		var running *sandboxv1alpha1.Sandbox
 		Eventually(func(g Gomega) {
 			got := get(ctx, s)(g)
 			g.Expect(got.Status.Phase).To(Equal(sandboxv1alpha1.PhaseRunning))
 			res := kstatusOf(g, got)
 			g.Expect(res.Status).To(Equal(status.CurrentStatus), res.Message)
+			running = got
 		}).Should(Succeed())
+
+		By("reading managedFields: the manager and the agent own status and metadata fields, never spec (no drift for Argo CD or Flux)")
+		Expect(running.Generation).To(Equal(int64(1)), "nothing but the user changed the spec")
+		owners := map[string]bool{}
+		for _, mf := range running.ManagedFields {
+			owners[mf.Manager] = true
+			if mf.Manager == sandboxv1alpha1.ManagerFieldOwner || mf.Manager == sandboxv1alpha1.NodeAgentFieldOwner {
+				Expect(mf.FieldsV1).NotTo(BeNil())
+				Expect(string(mf.FieldsV1.Raw)).NotTo(ContainSubstring(`"f:spec"`), "%s owns spec fields: %s", mf.Manager, mf.FieldsV1.Raw)
+			}
+		}
+		Expect(owners).To(HaveKey(sandboxv1alpha1.ManagerFieldOwner), "the manager's status writes are recorded under its field manager")
 	})
 })
