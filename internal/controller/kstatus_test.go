@@ -57,7 +57,7 @@ var _ = Describe("Sandbox status for GitOps (kstatus)", func() {
 			owners[mf.Manager] = true
 			if mf.Manager == sandboxv1alpha1.ManagerFieldOwner || mf.Manager == sandboxv1alpha1.NodeAgentFieldOwner {
 				Expect(mf.FieldsV1).NotTo(BeNil())
-				Expect(string(mf.FieldsV1.Raw)).NotTo(ContainSubstring(`"f:spec"`), "%s owns spec fields: %s", mf.Manager, mf.FieldsV1.Raw)
+				Expect(mf.FieldsV1.GetRawString()).NotTo(ContainSubstring(`"f:spec"`), "%s owns spec fields: %s", mf.Manager, mf.FieldsV1.GetRawString())
 			}
 		}
 		Expect(owners).To(HaveKey(sandboxv1alpha1.ManagerFieldOwner), "the manager's status writes are recorded under its field manager")
