@@ -118,6 +118,25 @@ func TestAggregatedAPIAuthorizesWithTheCallersIdentity(t *testing.T) {
 		g.Expect(conds).To(ContainElement(And(HaveKeyWithValue("type", "Available"), HaveKeyWithValue("status", "True"))), "%v", conds)
 	}).WithTimeout(60 * time.Second).WithPolling(200 * time.Millisecond).Should(Succeed())
 
+	t.Run("every manager replica serves with a certificate the one caBundle verifies", func(t *testing.T) {
+		g := NewWithT(t)
+		first, err := EnsureServingCA(ctx, admin, "sandbox-system")
+		g.Expect(err).NotTo(HaveOccurred())
+		second, err := EnsureServingCA(ctx, admin, "sandbox-system")
+		g.Expect(err).NotTo(HaveOccurred())
+		g.Expect(second.CertPEM).To(Equal(first.CertPEM), "a second replica loads the stored serving CA")
+		pair, err := second.IssueServer("sandbox-access", []string{"sandbox-access.sandbox-system.svc"}, time.Hour)
+		g.Expect(err).NotTo(HaveOccurred())
+		leaf, err := pair.TLSCertificate()
+		g.Expect(err).NotTo(HaveOccurred())
+		cert, err := x509.ParseCertificate(leaf.Certificate[0])
+		g.Expect(err).NotTo(HaveOccurred())
+		roots := x509.NewCertPool()
+		roots.AppendCertsFromPEM(first.CertPEM) // the APIService's caBundle, written by the first replica
+		_, err = cert.Verify(x509.VerifyOptions{Roots: roots, DNSName: "sandbox-access.sandbox-system.svc"})
+		g.Expect(err).NotTo(HaveOccurred())
+	})
+
 	t.Run("the access client CA is created once and published", func(t *testing.T) {
 		g := NewWithT(t)
 		ca1, err := EnsureClientCA(ctx, admin, "sandbox-system")

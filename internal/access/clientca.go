@@ -36,36 +36,9 @@ const (
 // stored.
 func EnsureClientCA(ctx context.Context, c client.Client, namespace string) (*CA, error) {
 	key := client.ObjectKey{Namespace: namespace, Name: ClientCAName}
-	sec := &corev1.Secret{}
-	err := c.Get(ctx, key, sec)
-	if apierrors.IsNotFound(err) {
-		ca, nerr := NewCA("sandbox-access-client-ca", clientCAValidity)
-		if nerr != nil {
-			return nil, nerr
-		}
-		keyDER, merr := x509.MarshalECPrivateKey(ca.Key)
-		if merr != nil {
-			return nil, merr
-		}
-		sec = &corev1.Secret{
-			ObjectMeta: metav1.ObjectMeta{Name: ClientCAName, Namespace: namespace},
-			Type:       corev1.SecretTypeTLS,
-			Data: map[string][]byte{
-				corev1.TLSCertKey:       ca.CertPEM,
-				corev1.TLSPrivateKeyKey: pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: keyDER}),
-			},
-		}
-		err = c.Create(ctx, sec)
-		if apierrors.IsAlreadyExists(err) {
-			err = c.Get(ctx, key, sec)
-		}
-	}
+	ca, err := ensureStoredCA(ctx, c, key, "sandbox-access-client-ca")
 	if err != nil {
-		return nil, fmt.Errorf("loading the access client CA %s: %w", key, err)
-	}
-	ca, err := ParseCA(sec.Data[corev1.TLSCertKey], sec.Data[corev1.TLSPrivateKeyKey])
-	if err != nil {
-		return nil, fmt.Errorf("the access client CA %s: %w", key, err)
+		return nil, fmt.Errorf("the access client CA: %w", err)
 	}
 	cm := &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: ClientCAName, Namespace: namespace}}
 	err = c.Get(ctx, key, cm)
@@ -109,4 +82,58 @@ func ParseCA(certPEM, keyPEM []byte) (*CA, error) {
 		return nil, errors.New("the key does not match the certificate")
 	}
 	return &CA{Cert: cert, Key: key, CertPEM: certPEM}, nil
+}
+
+// ServingCAName names the Secret that holds the access API's serving CA:
+// every manager replica issues its serving certificate from it, so that the
+// APIService's caBundle (one CA) verifies all of them.
+const ServingCAName = "sandbox-access-serving-ca"
+
+// EnsureServingCA loads the access API's serving CA from its Secret in
+// namespace, creating it on first use. Replicas racing to create it agree
+// on the first one stored.
+func EnsureServingCA(ctx context.Context, c client.Client, namespace string) (*CA, error) {
+	ca, err := ensureStoredCA(ctx, c, client.ObjectKey{Namespace: namespace, Name: ServingCAName}, "sandbox-access-serving-ca")
+	if err != nil {
+		return nil, fmt.Errorf("the access serving CA: %w", err)
+	}
+	return ca, nil
+}
+
+// ensureStoredCA loads the CA kept in the kubernetes.io/tls Secret key,
+// creating it (named cn) when there is none; when two processes race, the
+// first stored wins and both use it.
+func ensureStoredCA(ctx context.Context, c client.Client, key client.ObjectKey, cn string) (*CA, error) {
+	sec := &corev1.Secret{}
+	err := c.Get(ctx, key, sec)
+	if apierrors.IsNotFound(err) {
+		ca, nerr := NewCA(cn, clientCAValidity)
+		if nerr != nil {
+			return nil, nerr
+		}
+		keyDER, merr := x509.MarshalECPrivateKey(ca.Key)
+		if merr != nil {
+			return nil, merr
+		}
+		sec = &corev1.Secret{
+			ObjectMeta: metav1.ObjectMeta{Name: key.Name, Namespace: key.Namespace},
+			Type:       corev1.SecretTypeTLS,
+			Data: map[string][]byte{
+				corev1.TLSCertKey:       ca.CertPEM,
+				corev1.TLSPrivateKeyKey: pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: keyDER}),
+			},
+		}
+		err = c.Create(ctx, sec)
+		if apierrors.IsAlreadyExists(err) {
+			err = c.Get(ctx, key, sec)
+		}
+	}
+	if err != nil {
+		return nil, fmt.Errorf("loading Secret %s: %w", key, err)
+	}
+	ca, err := ParseCA(sec.Data[corev1.TLSCertKey], sec.Data[corev1.TLSPrivateKeyKey])
+	if err != nil {
+		return nil, fmt.Errorf("parsing Secret %s: %w", key, err)
+	}
+	return ca, nil
 }

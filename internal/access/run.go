@@ -64,7 +64,7 @@ type Runnable struct {
 }
 
 // NeedLeaderElection implements manager.LeaderElectionRunnable: every
-// manager replica serves the access API (it holds no state).
+// manager replica serves the access API (its CAs are shared in Secrets).
 func (r *Runnable) NeedLeaderElection() bool { return false }
 
 // Start implements manager.Runnable.
@@ -98,7 +98,10 @@ func (r *Runnable) Start(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	servingCA, err := NewCA("sandbox-access-serving-ca", servingValidity)
+	// One serving CA for all replicas (stored in a Secret): the APIService
+	// has one caBundle, which must verify whichever replica the Service
+	// reaches.
+	servingCA, err := EnsureServingCA(ctx, r.Client, r.Opts.Namespace)
 	if err != nil {
 		return err
 	}
