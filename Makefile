@@ -39,6 +39,8 @@ manifests: tools ## Generate CRDs (config/crd/bases) and RBAC (config/rbac) from
 	cp config/rbac/role.yaml $(CHART)/files/rbac/manager-role.yaml
 	cp config/rbac/leader_election_role.yaml $(CHART)/files/rbac/leader-election-role.yaml
 	cp config/rbac/node-agent/role.yaml $(CHART)/files/rbac/node-agent-role.yaml
+	rm -rf $(CHART)/files/admission && mkdir -p $(CHART)/files/admission
+	cp config/admission/node_agent_policy.yaml config/admission/node_agent_policy_binding.yaml $(CHART)/files/admission/
 
 .PHONY: generate
 generate: tools ## Generate deepcopy and the client-go clientset, listers, informers and apply configurations.

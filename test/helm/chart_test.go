@@ -92,11 +92,13 @@ func TestChart(t *testing.T) {
 			"CustomResourceDefinition": 2, "ServiceAccount": 2, "ClusterRole": 2, "ClusterRoleBinding": 2,
 			"Role": 3, "RoleBinding": 3, "Service": 3, "Deployment": 1, "DaemonSet": 1,
 			"PodDisruptionBudget": 1, "APIService": 1,
+			"ValidatingAdmissionPolicy": 1, "ValidatingAdmissionPolicyBinding": 1,
 		}))
 		g.Expect(kinds(everything)).To(HaveKeyWithValue("ServiceMonitor", 2))
 		for _, o := range append(slices.Clone(defaults), everything...) {
 			switch o.GetKind() {
-			case "CustomResourceDefinition", "ClusterRole", "ClusterRoleBinding", "APIService":
+			case "CustomResourceDefinition", "ClusterRole", "ClusterRoleBinding", "APIService",
+				"ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding":
 				g.Expect(o.GetNamespace()).To(BeEmpty(), "%s %s is cluster-scoped", o.GetKind(), o.GetName())
 			case "Role", "RoleBinding":
 				g.Expect(o.GetNamespace()).To(BeElementOf(namespace, "kube-system"), "%s %s", o.GetKind(), o.GetName())
@@ -142,6 +144,29 @@ func TestChart(t *testing.T) {
 		g.Expect(grants(t, everything, namespace, chartIdentities)).To(Equal(want))
 		for _, sa := range byKind(defaults, "ServiceAccount") {
 			g.Expect(chartIdentities).To(HaveKey(sa.GetName()), "every ServiceAccount runs a workload")
+		}
+	})
+
+	t.Run("the node restriction policy is config/admission's, for the release's agent ServiceAccount", func(t *testing.T) {
+		g := NewWithT(t)
+		agentSA := podSpec(t, one(t, defaults, "DaemonSet")).ServiceAccountName
+		for _, kind := range []string{"ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"} {
+			var want *unstructured.Unstructured
+			for _, f := range []string{"node_agent_policy.yaml", "node_agent_policy_binding.yaml"} {
+				for _, o := range decodeFile(t, filepath.Join(root, "config", "admission", f)) {
+					if o.GetKind() == kind {
+						want = o
+					}
+				}
+			}
+			g.Expect(want).NotTo(BeNil(), kind)
+			got := one(t, defaults, kind)
+			wantJSON, err := json.Marshal(want.Object["spec"])
+			g.Expect(err).NotTo(HaveOccurred())
+			gotJSON, err := json.Marshal(got.Object["spec"])
+			g.Expect(err).NotTo(HaveOccurred())
+			g.Expect(string(gotJSON)).To(Equal(strings.ReplaceAll(string(wantJSON),
+				"system:serviceaccount:sandbox-system:sandbox-node-agent", "system:serviceaccount:"+namespace+":"+agentSA)), kind)
 		}
 	})
 
