@@ -4,7 +4,9 @@ package main
 
 import (
 	"flag"
+	"fmt"
 	"os"
+	"runtime/debug"
 	"time"
 
 	coordinationv1 "k8s.io/api/coordination/v1"
@@ -64,7 +66,12 @@ func main() {
 	flag.BoolVar(&accessOpts.RegisterAPIService, "access-register-apiservice", true, "Create or update the APIService v1alpha1.subresources.sandbox.microvm.dev with this process's serving CA.")
 	opts := zap.Options{Development: true}
 	opts.BindFlags(flag.CommandLine)
+	showVersion := flag.Bool("version", false, "Print the version and exit.")
 	flag.Parse()
+	if *showVersion {
+		fmt.Println("manager", version())
+		return
+	}
 	ctrl.SetLogger(zap.New(zap.UseFlagOptions(&opts)))
 
 	if leaderElectionNamespace == "" {
@@ -152,4 +159,24 @@ func main() {
 		setupLog.Error(err, "Failed to run manager")
 		os.Exit(1)
 	}
+}
+
+// version is the manager's version, worked out as nodeagent.Version does (the
+// module version, or the VCS revision of a development build), so that both
+// images print the same string; it is not imported from there because that
+// would link the agent's VM runtime into the manager.
+func version() string {
+	bi, ok := debug.ReadBuildInfo()
+	if !ok {
+		return "unknown"
+	}
+	if bi.Main.Version != "" && bi.Main.Version != "(devel)" {
+		return bi.Main.Version
+	}
+	for _, s := range bi.Settings {
+		if s.Key == "vcs.revision" && len(s.Value) >= 12 {
+			return "devel-" + s.Value[:12]
+		}
+	}
+	return "devel"
 }

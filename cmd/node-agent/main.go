@@ -57,9 +57,14 @@ func main() {
 	flag.StringVar(&args.GuestModulesDir, "guest-modules", args.GuestModulesDir, "The guest kernel's modules directory (with modules.dep).")
 	flag.StringVar(&args.MetricsAddr, "metrics-bind-address", args.MetricsAddr, "The address the metrics endpoint binds to (0 disables it).")
 	flag.StringVar(&args.ProbeAddr, "health-probe-bind-address", args.ProbeAddr, "The address the health probe endpoint binds to.")
+	showVersion := flag.Bool("version", false, "Print the version and exit.")
 	opts := zap.Options{Development: true}
 	opts.BindFlags(flag.CommandLine)
 	flag.Parse()
+	if *showVersion {
+		fmt.Println("node-agent", nodeagent.Version)
+		return
+	}
 	ctrl.SetLogger(zap.New(zap.UseFlagOptions(&opts)))
 	args.Reserve.CPUs = int32(reserveCPUs)
 	args.MaxSandboxes = int32(maxSandboxes)
