@@ -110,6 +110,10 @@ build: ## Build the manager, the node agent, the guest agent (static), the kubec
 	go build -o $(BIN)/watch-example ./examples/watch
 	go build -o $(BIN)/kubectl-sandbox ./cmd/kubectl-sandbox
 
+.PHONY: images
+images: build guest-kernel ## Build the manager and node-agent images as OCI image tarballs (bin/images/*.tar) without a Docker engine: a debootstrap rootfs (cached; root), QEMU, the guest kernel and static binaries. IMAGE_REPOSITORY, IMAGE_TAG name them.
+	hack/images/build.sh
+
 .PHONY: dev
 dev: control-plane guest-kernel build ## Run it locally: kube-apiserver + etcd, CRDs, manager, a SandboxNode and a sample.
 	hack/dev.sh

@@ -19,7 +19,9 @@
 # are written by hack/images/main.go with go-containerregistry.
 #
 # Needs: root (debootstrap chroots), bin/sandbox-init (make build) and
-# bin/guest (make guest-kernel).
+# bin/guest (make guest-kernel). IMAGE_REPOSITORY (default sandbox-operator)
+# and IMAGE_TAG (default: the binaries' version) name the images;
+# IMAGES_OUT (default bin/images) is where they go.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 export PATH="$PATH:/usr/sbin:/sbin"
@@ -112,5 +114,7 @@ go run ./hack/images \
   -node-agent "$OUT/bin/node-agent" \
   -sandbox-init bin/sandbox-init \
   -guest bin/guest \
+  -repository "${IMAGE_REPOSITORY:-sandbox-operator}" \
+  -tag "${IMAGE_TAG:-}" \
   -revision "$(git rev-parse HEAD 2>/dev/null || echo unknown)" \
   -created "${SOURCE_DATE_EPOCH:-$(git log -1 --format=%ct 2>/dev/null || echo 0)}"
