@@ -70,7 +70,7 @@ verify: ## Regenerate everything and fail if the committed files differ.
 ##@ Test
 
 .PHONY: test
-test: control-plane guest-kernel tools $(HELM) vet build ## Run everything CI runs: unit, envtest and fuzz tests against a real kube-apiserver + etcd, a real microVM boot (QEMU), the verify check, a `make dev` smoke run and the e2e suite.
+test: control-plane guest-kernel tools $(HELM) vet build images ## Run everything CI runs: unit, envtest and fuzz tests against a real kube-apiserver + etcd, a real microVM boot (QEMU), the verify check, a `make dev` smoke run and the e2e suite.
 	SANDBOX_REQUIRE_VM=1 go test $(GO_TEST_FLAGS) ./...
 	go test -run '^$$' -fuzz FuzzDerivePhase -fuzztime $(FUZZ_TIME) ./api/v1alpha1/
 	go test -run '^$$' -fuzz FuzzReadFrame -fuzztime $(FUZZ_TIME) ./internal/guest/protocol/

@@ -35,6 +35,9 @@ const (
 // TestImages builds the images as `make images` does (hack/images/build.sh,
 // into a temporary directory: the Debian rootfs and the big layers come from
 // the cache, so a warm build takes seconds) and checks what is in them.
+// `make test` runs `make images` first, so that a cold cache's debootstrap
+// (about 8 minutes) happens outside go test's 10-minute timeout; building
+// again here means the images checked are always the current tree's.
 func TestImages(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("needs root: debootstrap builds the agent's rootfs and the test runs its binaries under chroot")
