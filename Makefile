@@ -80,7 +80,7 @@ test: control-plane guest-kernel tools $(HELM) vet build images ## Run everythin
 	go test $(GO_TEST_FLAGS) -tags e2e -timeout 20m ./test/e2e/
 
 .PHONY: test-e2e
-test-e2e: control-plane guest-kernel build ## Run the end-to-end suite (control plane, manager and two node agents as processes; TCG microVMs).
+test-e2e: control-plane guest-kernel $(HELM) build ## Run the end-to-end suite (control plane, manager and two node agents as processes; TCG microVMs).
 	go test $(GO_TEST_FLAGS) -tags e2e -timeout 20m ./test/e2e/ -v -ginkgo.v
 
 .PHONY: bench

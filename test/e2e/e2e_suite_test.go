@@ -2,11 +2,13 @@
 
 // Package e2e runs sandbox-operator end to end, as processes: a real
 // kube-apiserver + etcd (controller-runtime's envtest, the binaries
-// hack/build-control-plane.sh built), the RBAC and samples applied with
-// kubectl, and bin/manager as a separate OS process with leader election,
-// authenticated as the ServiceAccount config/rbac binds its roles to (so
-// the manifests are shown to be sufficient, not just well-formed); kubectl
-// and the test's own clients act as an admin user (system:masters).
+// hack/build-control-plane.sh built), the Helm chart's ServiceAccounts,
+// RBAC and admission policy applied with kubectl (identities_test.go), the
+// samples, and bin/manager as a separate OS process with leader election,
+// authenticated as the chart's ServiceAccount with a TokenRequest token (so
+// the chart's permissions are shown to be sufficient, not just
+// well-formed); kubectl and the test's own clients act as an admin user
+// (system:masters).
 //
 // Two top-level containers, each with its own manager process (Ginkgo runs
 // top-level containers in random order; each stops its manager when done,
@@ -18,7 +20,9 @@
 //     observations with server-side apply) — samples, a manager crash, node
 //     loss, deletion.
 //   - NodeAgentVMSpec (vm_test.go): two real node agents (bin/node-agent)
-//     as processes under config/rbac/node-agent, booting QEMU microVMs
+//     as processes under the chart's node-agent ServiceAccount (tokens bound
+//     to Pod objects on their nodes, checked by the chart's admission
+//     policy), booting QEMU microVMs
 //     (TCG where there is no KVM) from an image the test builds and serves
 //     from an in-memory registry on 127.0.0.1. It needs bin/sandbox-init,
 //     bin/guest (`make guest-kernel`), qemu-system-x86_64, mkfs.ext4 and a
@@ -74,8 +78,8 @@ const (
 	leaderElectionID = "sandbox-manager.sandbox.microvm.dev"
 	// sampleNamespace is where config/samples puts its Sandboxes.
 	sampleNamespace = "default"
-	// managerServiceAccount is the subject config/rbac binds the manager's
-	// roles to.
+	// managerServiceAccount is the manager's ServiceAccount (the chart's
+	// manager.serviceAccount.name, as config/rbac names it).
 	managerServiceAccount = "sandbox-manager"
 
 	// Stand-in node agents: a 6 s Lease renewed every 2 s.
@@ -175,15 +179,6 @@ var _ = BeforeSuite(func() {
 	kubeconfigPath = filepath.Join(workDir, "kubeconfig")
 	Expect(os.WriteFile(kubeconfigPath, kubeconfig, 0o600)).To(Succeed())
 
-	By("adding the manager's ServiceAccount identity, bound to nothing but config/rbac")
-	sa, err := testEnv.AddUser(envtest.User{Name: "system:serviceaccount:" + leaseNamespace + ":" + managerServiceAccount,
-		Groups: []string{"system:serviceaccounts", "system:serviceaccounts:" + leaseNamespace}}, nil)
-	Expect(err).NotTo(HaveOccurred())
-	saKubeconfig, err := sa.KubeConfig()
-	Expect(err).NotTo(HaveOccurred())
-	managerKubeconfigPath = filepath.Join(workDir, "manager.kubeconfig")
-	Expect(os.WriteFile(managerKubeconfigPath, saKubeconfig, 0o600)).To(Succeed())
-
 	k8sClient, err = client.New(admin.Config(), client.Options{Scheme: scheme})
 	Expect(err).NotTo(HaveOccurred())
 	sbxClientset, err = versioned.NewForConfig(admin.Config())
@@ -192,6 +187,10 @@ var _ = BeforeSuite(func() {
 	By("creating namespace " + leaseNamespace)
 	Expect(k8sClient.Create(context.Background(), &corev1.Namespace{
 		ObjectMeta: metav1.ObjectMeta{Name: leaseNamespace}})).To(Succeed())
+
+	By("applying the Helm chart's ServiceAccounts, RBAC and node restriction policy (helm template), and minting the manager's token (TokenRequest)")
+	applyChartIdentities()
+	managerKubeconfigPath = tokenKubeconfig("manager", managerServiceAccount, nil)
 })
 
 // configureAggregation sets up the API server's aggregation layer, as a

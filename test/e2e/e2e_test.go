@@ -22,7 +22,7 @@ import (
 //
 //	samples placed → python-demo Running → manager crash survived →
 //	python-demo's node lost and the sandbox re-placed → deletions →
-//	no request of the manager's was refused under config/rbac.
+//	no request of the manager's was refused under the chart's RBAC.
 var _ = Describe("sandbox-operator", Ordered, func() {
 	const (
 		pythonDemo    = "python-demo"    // config/samples: restartPolicy OnFailure
@@ -40,11 +40,10 @@ var _ = Describe("sandbox-operator", Ordered, func() {
 	)
 
 	BeforeAll(func() {
-		By("applying the RBAC manifests (config/rbac) with kubectl apply -k")
-		mustKubectl("apply", "-k", filepath.Join("..", "..", "config", "rbac"))
-		mustKubectl("get", "clusterrole/manager-role", "clusterrolebinding/sandbox-manager",
-			"-n", leaseNamespace, "serviceaccount/sandbox-manager", "role/sandbox-manager-leader-election",
-			"rolebinding/sandbox-manager-leader-election")
+		By("seeing the manager's identity from the Helm chart (applied by the suite): its ServiceAccount, ClusterRole and binding")
+		mustKubectl("get", "-n", leaseNamespace, "serviceaccount/"+managerServiceAccount)
+		bindings := mustKubectl("get", "clusterrolebindings", "-o", "jsonpath={.items[*].subjects[*].name}")
+		Expect(strings.Fields(bindings)).To(ContainElement(managerServiceAccount))
 
 		By("registering SandboxNodes node-a and node-b, with Leases renewed every 2 s by stand-in agents")
 		registerNodes(ctx, nodes...)
@@ -346,7 +345,7 @@ spec:
 		Expect(sandboxGone(ctx, stranded)).To(BeTrue())
 	})
 
-	It("needed no permission beyond config/rbac (the manager ran as its ServiceAccount)", func() {
+	It("needed no permission beyond the chart's RBAC (the manager ran as its ServiceAccount, with a TokenRequest token)", func() {
 		Expect(mgr.forbiddenLines()).To(BeEmpty(), "the API server refused the manager something; see %s", mgr.logPath)
 	})
 })

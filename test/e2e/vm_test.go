@@ -27,7 +27,6 @@ import (
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
-	"sigs.k8s.io/controller-runtime/pkg/envtest"
 
 	sandboxv1alpha1 "github.com/microvm-dev/sandbox-operator/api/v1alpha1"
 	"github.com/microvm-dev/sandbox-operator/internal/access"
@@ -43,8 +42,9 @@ const (
 	// hostnameLabel pins a Sandbox to one node (a Node label the agent
 	// copies).
 	hostnameLabel = "kubernetes.io/hostname"
-	// nodeAgentServiceAccount is the subject config/rbac/node-agent binds
-	// the agent's ClusterRole to.
+	// nodeAgentServiceAccount is the node agents' ServiceAccount (the
+	// chart's nodeAgent.serviceAccount.name, as config/rbac/node-agent
+	// names it).
 	nodeAgentServiceAccount = "sandbox-node-agent"
 )
 
@@ -106,7 +106,7 @@ var _ = NodeAgentVMSpec(NodeAgentVMSpecInput{
 //	node any more are swept → a new logs -f follows probe again → probe stopped through its guest → probe moved
 //	to the other node for run 2: nothing of run 1 stays on the old node →
 //	fails exits 3 → deletions leave nothing behind → no request was
-//	refused under config/rbac.
+//	refused under the chart's RBAC.
 //
 // The boots are few (probe twice, crasher twice, fails): each costs
 // seconds of emulation on a 2-core machine. The leftovers the restarted
@@ -205,19 +205,8 @@ func nodeAgentVMSpecs(input NodeAgentVMSpecInput) {
 			}
 		}
 
-		By("applying the RBAC manifests (config/rbac, with config/rbac/node-agent) with kubectl apply -k")
-		mustKubectl("apply", "-k", filepath.Join(root, "config", "rbac"))
-		mustKubectl("get", "clusterrole/node-agent-role", "clusterrolebinding/sandbox-node-agent",
-			"-n", leaseNamespace, "serviceaccount/"+nodeAgentServiceAccount)
-
-		By("adding the node agents' ServiceAccount identity, bound to nothing but config/rbac/node-agent")
-		sa, err := testEnv.AddUser(envtest.User{Name: "system:serviceaccount:" + leaseNamespace + ":" + nodeAgentServiceAccount,
-			Groups: []string{"system:serviceaccounts", "system:serviceaccounts:" + leaseNamespace}}, nil)
-		Expect(err).NotTo(HaveOccurred())
-		saKubeconfig, err := sa.KubeConfig()
-		Expect(err).NotTo(HaveOccurred())
-		agentKubeconfig := filepath.Join(workDir, "node-agent.kubeconfig")
-		Expect(os.WriteFile(agentKubeconfig, saKubeconfig, 0o600)).To(Succeed())
+		By("seeing the node agents' identity from the Helm chart (applied by the suite): ServiceAccount " + nodeAgentServiceAccount)
+		mustKubectl("get", "-n", leaseNamespace, "serviceaccount/"+nodeAgentServiceAccount, "validatingadmissionpolicy/sandbox-node-agent-restriction")
 
 		By("building a busybox image from files on disk and pushing it to an in-memory registry on 127.0.0.1")
 		reg = serveRegistry()
@@ -233,6 +222,12 @@ func nodeAgentVMSpecs(input NodeAgentVMSpecInput) {
 		}
 		fmt.Fprintf(&nodesYAML, "---\napiVersion: v1\nkind: Namespace\nmetadata:\n  name: %s\n", vmNamespace)
 		mustKubectl("apply", "-f", writeManifest("vm-nodes.yaml", nodesYAML.String()))
+
+		By("creating each agent's Pod object (no kubelet: what its token is bound to) and minting its token (TokenRequest): the token names the node, which the chart's admission policy checks")
+		agentKubeconfigs := map[string]string{}
+		for _, n := range nodeNames {
+			agentKubeconfigs[n] = tokenKubeconfig("node-agent-"+n, nodeAgentServiceAccount, agentPod(n))
+		}
 
 		accessPort = freeLoopbackPort()
 		By("creating Service " + leaseNamespace + "/" + accessServiceName + " (ExternalName localhost, port " + fmt.Sprint(accessPort) +
@@ -297,7 +292,7 @@ func nodeAgentVMSpecs(input NodeAgentVMSpecInput) {
 			}}
 			a.args = []string{
 				"--node-name=" + n,
-				"--kubeconfig=" + agentKubeconfig,
+				"--kubeconfig=" + agentKubeconfigs[n],
 				"--lease-namespace=" + leaseNamespace,
 				"--allow-emulation",
 				"--accelerator=tcg",
@@ -944,7 +939,7 @@ func nodeAgentVMSpecs(input NodeAgentVMSpecInput) {
 		}
 	})
 
-	It("needed no permission beyond config/rbac (the manager and both agents ran as their ServiceAccounts)", func() {
+	It("needed no permission beyond the chart's RBAC and admission policy (the manager and both agents ran as its ServiceAccounts, with TokenRequest tokens)", func() {
 		for _, p := range allAgents() {
 			Expect(p.forbiddenLines()).To(BeEmpty(), "the API server refused %s something; see %s", p.name, p.logPath)
 		}
