@@ -2,13 +2,13 @@ package main
 
 import (
 	"fmt"
-	"math"
 	goruntime "runtime"
 	"slices"
 	"strings"
 	"time"
 
 	"github.com/microvm-dev/sandbox-operator/bench/internal/results"
+	"github.com/microvm-dev/sandbox-operator/bench/internal/stats"
 )
 
 // goalRatio is the issue's goal for the exec round trip over the direct
@@ -27,48 +27,10 @@ type stat struct {
 	median, p99, min, max float64
 }
 
-// summarize returns the median (the mean of the two middle values for an
-// even count) and the nearest-rank p99 (the maximum for fewer than 100
-// samples). For throughputs the "p99" is the 1st percentile (the slow
-// tail): see lowTail.
+// summarize is stats.Of in this tool's field names.
 func summarize(v []float64) stat {
-	if len(v) == 0 {
-		return stat{}
-	}
-	s := slices.Clone(v)
-	slices.Sort(s)
-	n := len(s)
-	med := s[n/2]
-	if n%2 == 0 {
-		med = (s[n/2-1] + s[n/2]) / 2
-	}
-	i := max(0, min(int(math.Ceil(float64(n)*0.99))-1, n-1))
-	return stat{n: n, median: med, p99: s[i], min: s[0], max: s[n-1]}
-}
-
-// lowTail is the throughput counterpart of p99: the value 99% of the
-// copies reached or beat (nearest rank from the bottom; the minimum for
-// fewer than 100 samples).
-func lowTail(v []float64) float64 {
-	if len(v) == 0 {
-		return 0
-	}
-	s := slices.Clone(v)
-	slices.Sort(s)
-	i := max(0, int(math.Ceil(float64(len(s))*0.01))-1)
-	return s[i]
-}
-
-func round(v float64, digits int) float64 {
-	p := math.Pow(10, float64(digits))
-	return math.Round(v*p) / p
-}
-
-func ratio(v, base float64) float64 {
-	if base == 0 {
-		return 0
-	}
-	return round(v/base, 3)
+	sm := stats.Of(v)
+	return stat{n: sm.N, median: sm.Median, p99: sm.P99, min: sm.Min, max: sm.Max}
 }
 
 type report struct {
@@ -89,14 +51,14 @@ func (r *report) entries() []entry {
 	cmd := r.b.cfg.command
 	base := r.direct.median
 	ms := func(name string, s stat) entry {
-		return entry{Name: name, Unit: "ms", Median: round(s.median, 1), P99: round(s.p99, 1),
-			Baseline: round(base, 1), Ratio: ratio(s.median, base), Command: cmd}
+		return entry{Name: name, Unit: "ms", Median: stats.Round(s.median, 1), P99: stats.Round(s.p99, 1),
+			Baseline: stats.Round(base, 1), Ratio: stats.Ratio(s.median, base), Command: cmd}
 	}
 	// Throughput: ratio = median / baseline as for every row (the
 	// project's rule), so higher is better here.
 	tp := func(name string, s, baseline stat, samples []float64) entry {
-		return entry{Name: name, Unit: "MiB/s", Median: round(s.median, 1), P99: round(lowTail(samples), 1),
-			Baseline: round(baseline.median, 1), Ratio: ratio(s.median, baseline.median), Command: cmd}
+		return entry{Name: name, Unit: "MiB/s", Median: stats.Round(s.median, 1), P99: stats.Round(stats.LowTail(samples), 1),
+			Baseline: stats.Round(baseline.median, 1), Ratio: stats.Ratio(s.median, baseline.median), Command: cmd}
 	}
 	mibName := fmt.Sprintf("%dMiB", r.b.cfg.fileMiB)
 	return []entry{
@@ -120,9 +82,9 @@ func (r *report) print() {
 	fmt.Println("== access benchmark ==")
 	fmt.Printf("direct SPDY exec -- true to the agent: median %.1f ms, p99 %.1f ms (%d)\n", r.direct.median, r.direct.p99, r.direct.n)
 	fmt.Printf("websocket exec through the API server (in-process): median %.1f ms, p99 %.1f ms: ratio %.3f (goal ≤ %.0f: %s)\n",
-		r.ws.median, r.ws.p99, ratio(r.ws.median, r.direct.median), goalRatio, yesNo(ratio(r.ws.median, r.direct.median) <= goalRatio))
+		r.ws.median, r.ws.p99, stats.Ratio(r.ws.median, r.direct.median), goalRatio, yesNo(stats.Ratio(r.ws.median, r.direct.median) <= goalRatio))
 	fmt.Printf("bin/kubectl-sandbox exec -- true (process start included): median %.1f ms, p99 %.1f ms: ratio %.3f (goal ≤ %.0f: %s)\n",
-		r.binary.median, r.binary.p99, ratio(r.binary.median, r.direct.median), goalRatio, yesNo(ratio(r.binary.median, r.direct.median) <= goalRatio))
+		r.binary.median, r.binary.p99, stats.Ratio(r.binary.median, r.direct.median), goalRatio, yesNo(stats.Ratio(r.binary.median, r.direct.median) <= goalRatio))
 	fmt.Printf("bin/kubectl-sandbox --help (process start, no API call): median %.1f ms, p99 %.1f ms\n", r.procStart.median, r.procStart.p99)
 	fmt.Printf("upload %d MiB: plugin cp median %.1f MiB/s, direct write %.1f MiB/s\n", r.b.cfg.fileMiB, r.upPlugin.median, r.upDirect.median)
 	fmt.Printf("download %d MiB: plugin cp median %.1f MiB/s, direct read %.1f MiB/s\n", r.b.cfg.fileMiB, r.downPlugin.median, r.downDirect.median)
@@ -133,7 +95,7 @@ func (r *report) markdown() string {
 	b, c := r.b, r.b.cfg
 	var sb strings.Builder
 	p := func(format string, args ...any) { fmt.Fprintf(&sb, format, args...) }
-	wsRatio, binRatio := ratio(r.ws.median, r.direct.median), ratio(r.binary.median, r.direct.median)
+	wsRatio, binRatio := stats.Ratio(r.ws.median, r.direct.median), stats.Ratio(r.binary.median, r.direct.median)
 	p("\n## exec/* and files/*: how measured\n\n")
 	p("Run %s UTC by `%s` (`make bench` runs it after the boot benchmark), %s in all. Machine: %s.\n\n",
 		b.started.UTC().Format("2006-01-02 15:04"), c.command, b.elapsed.Round(time.Second), b.machine)
@@ -179,10 +141,10 @@ func (r *report) markdown() string {
 		"/tmp in the guest, per its /proc/mounts: %s) — median **%.1f MiB/s** (runs: %s s) — against a POST `?op=write&path=/tmp/accessbench-direct.bin` "+
 		"with the bytes as the body, straight to the agent's files endpoint with the manager's client certificate — median "+
 		"**%.1f MiB/s** (runs: %s s): ratio %.3f.\n",
-		c.fileMiB, sandboxName, b.tmpFS, r.upPlugin.median, secs(b.upPluginS), r.upDirect.median, secs(b.upDirectS), ratio(r.upPlugin.median, r.upDirect.median))
+		c.fileMiB, sandboxName, b.tmpFS, r.upPlugin.median, secs(b.upPluginS), r.upDirect.median, secs(b.upDirectS), stats.Ratio(r.upPlugin.median, r.upDirect.median))
 	p("- `files/copy-%dMiB-download`: `bin/kubectl-sandbox cp %s:/tmp/accessbench-plugin.bin <local>` — median **%.1f MiB/s** "+
 		"(runs: %s s) — against a GET `?op=read` of the direct copy's file — median **%.1f MiB/s** (runs: %s s): ratio %.3f.\n",
-		c.fileMiB, sandboxName, r.downPlugin.median, secs(b.downPluginS), r.downDirect.median, secs(b.downDirectS), ratio(r.downPlugin.median, r.downDirect.median))
+		c.fileMiB, sandboxName, r.downPlugin.median, secs(b.downPluginS), r.downDirect.median, secs(b.downDirectS), stats.Ratio(r.downPlugin.median, r.downDirect.median))
 	p("- Checked: every download's sha256 equals the original's (the plugin's download is of the plugin's upload, the direct " +
 		"read of the direct write), and the plugin's first upload was also read back directly and matched.\n\n")
 

@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"strings"
 	"time"
+
+	"github.com/microvm-dev/sandbox-operator/bench/internal/stats"
 )
 
 // markdown is the "boot" section of results.md: how each number was
@@ -75,8 +77,8 @@ func (r *report) markdown() string {
 		"median that is a ratio of %.3f — unless the boot itself is slower under the operator, which is what the pairs above "+
 		"measure (`guestReadyMillis` against the bare boot: `boot/stage-guest-ready`).\n\n",
 		r.total.median, r.total.p99, r.total.min, r.bareHello.median, r.bareHello.p99, r.bareHello.min,
-		ratio(r.total.median, r.bareHello.median), diff, goalRatio, yesNo(r.goalMet()), r.total.n,
-		r.pairRatio.median, r.total.min, r.bareHello.min, ratio(r.total.min, r.bareHello.min),
+		stats.Ratio(r.total.median, r.bareHello.median), diff, goalRatio, yesNo(r.goalMet()), r.total.n,
+		r.pairRatio.median, r.total.min, r.bareHello.min, stats.Ratio(r.total.min, r.bareHello.min),
 		r.outside.median, r.outside.p99, 1+r.outside.median/r.bareHello.median)
 
 	p("Samples (ms; operator milestones are what the watch delivered, counted from `Create()`; timings are the run's `status.timings`):\n\n")
@@ -96,7 +98,7 @@ func (r *report) markdown() string {
 		if o := pair.op; o.err == nil {
 			pr := "–"
 			if pair.bare.err == nil {
-				pr = fmt.Sprintf("%.3f", ratio(msOf(o.total), msOf(pair.bare.hello)))
+				pr = fmt.Sprintf("%.3f", stats.Ratio(msOf(o.total), msOf(pair.bare.hello)))
 			}
 			op = []string{cell(o.total), pr, cell(o.finalized), cell(o.placed), cell(o.pulling), cell(o.booting), cell(o.vmRunning)}
 			for _, s := range stages {
@@ -211,7 +213,7 @@ func (r *report) timingNotes() []string {
 		out = append(out, fmt.Sprintf("`guestReadyMillis` (%.0f ms) counts from the same instant as `vmmStartedMillis`, so it "+
 			"includes it; the bare boot's Start → Hello is its counterpart (%.0f ms, ratio %.3f). It ends after the agent has "+
 			"answered the Hello and sent the main process's Start, a few ms past the Hello itself.",
-			st.median, r.bareHello.median, ratio(st.median, r.bareHello.median)))
+			st.median, r.bareHello.median, stats.Ratio(st.median, r.bareHello.median)))
 	}
 	if st, ok := r.stageStats["scheduled"]; ok {
 		out = append(out, fmt.Sprintf("`scheduledMillis` (%.0f ms) against placement seen by the watch %.0f ms after `Create()`; "+

@@ -2,13 +2,12 @@ package main
 
 import (
 	"fmt"
-	"math"
-	"slices"
 	"strings"
 	"time"
 
 	sandboxv1alpha1 "github.com/microvm-dev/sandbox-operator/api/v1alpha1"
 	"github.com/microvm-dev/sandbox-operator/bench/internal/results"
+	"github.com/microvm-dev/sandbox-operator/bench/internal/stats"
 )
 
 // goalRatio is the goal for apply→Running over a bare boot.
@@ -28,37 +27,13 @@ type stat struct {
 	min, max    float64
 }
 
-// summarize returns the median (the mean of the two middle values for an
-// even count) and the nearest-rank p99 (the maximum for fewer than 100
-// samples).
+// summarize is stats.Of in this tool's field names.
 func summarize(v []float64) stat {
-	if len(v) == 0 {
-		return stat{}
-	}
-	s := slices.Clone(v)
-	slices.Sort(s)
-	n := len(s)
-	med := s[n/2]
-	if n%2 == 0 {
-		med = (s[n/2-1] + s[n/2]) / 2
-	}
-	i := max(0, min(int(math.Ceil(float64(n)*0.99))-1, n-1))
-	return stat{n: n, median: med, p99: s[i], min: s[0], max: s[n-1]}
+	sm := stats.Of(v)
+	return stat{n: sm.N, median: sm.Median, p99: sm.P99, min: sm.Min, max: sm.Max}
 }
 
 func msOf(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
-
-func round(v float64, digits int) float64 {
-	p := math.Pow(10, float64(digits))
-	return math.Round(v*p) / p
-}
-
-func ratio(v, base float64) float64 {
-	if base == 0 {
-		return 0
-	}
-	return round(v/base, 3)
-}
 
 // stage is one field of status.timings.
 type stage struct {
@@ -188,12 +163,12 @@ func (r *report) entries() []entry {
 	cmd := r.b.cfg.command
 	base := r.bareHello.median
 	ms := func(name string, s stat, baseline float64) entry {
-		return entry{Name: name, Unit: "ms", Median: round(s.median, 1), P99: round(s.p99, 1),
-			Baseline: round(baseline, 1), Ratio: ratio(s.median, baseline), Command: cmd}
+		return entry{Name: name, Unit: "ms", Median: stats.Round(s.median, 1), P99: stats.Round(s.p99, 1),
+			Baseline: stats.Round(baseline, 1), Ratio: stats.Ratio(s.median, baseline), Command: cmd}
 	}
 	mib := func(name string, s stat, baseline float64) entry {
-		return entry{Name: name, Unit: "MiB", Median: round(s.median, 1), P99: round(s.p99, 1),
-			Baseline: round(baseline, 1), Ratio: ratio(s.median, baseline), Command: cmd}
+		return entry{Name: name, Unit: "MiB", Median: stats.Round(s.median, 1), P99: stats.Round(s.p99, 1),
+			Baseline: stats.Round(baseline, 1), Ratio: stats.Ratio(s.median, baseline), Command: cmd}
 	}
 	out := []entry{ms("boot/apply-to-running", r.total, base)}
 	for _, s := range stages {
@@ -221,7 +196,7 @@ func (r *report) entries() []entry {
 	return out
 }
 
-func (r *report) goalMet() bool { return ratio(r.total.median, r.bareHello.median) <= goalRatio }
+func (r *report) goalMet() bool { return stats.Ratio(r.total.median, r.bareHello.median) <= goalRatio }
 
 func yesNo(b bool) string {
 	if b {
@@ -236,7 +211,7 @@ func (r *report) print() {
 	fmt.Printf("apply → Running: median %.0f ms, p99 %.0f ms (%d runs)\n", r.total.median, r.total.p99, r.total.n)
 	fmt.Printf("bare QEMU Start → Hello: median %.0f ms, p99 %.0f ms (%d runs)\n", r.bareHello.median, r.bareHello.p99, r.bareHello.n)
 	fmt.Printf("ratio %.3f (goal ≤ %.2f: %s); median of per-pair ratios %.3f; fastest/fastest %.3f\n",
-		ratio(r.total.median, r.bareHello.median), goalRatio, yesNo(r.goalMet()), r.pairRatio.median, ratio(r.total.min, r.bareHello.min))
+		stats.Ratio(r.total.median, r.bareHello.median), goalRatio, yesNo(r.goalMet()), r.pairRatio.median, stats.Ratio(r.total.min, r.bareHello.min))
 	fmt.Printf("stages (median ms): %s\n", r.stageLine())
 	fmt.Printf("apply→Running minus guestReadyMillis: median %.0f ms (1 + that / bare median = %.3f)\n",
 		r.outside.median, 1+r.outside.median/r.bareHello.median)

@@ -3,7 +3,6 @@ package main
 import (
 	"cmp"
 	"fmt"
-	"math"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -12,6 +11,7 @@ import (
 	"time"
 
 	"github.com/microvm-dev/sandbox-operator/bench/internal/results"
+	"github.com/microvm-dev/sandbox-operator/bench/internal/stats"
 )
 
 // Goals the placement entries are judged against.
@@ -79,18 +79,6 @@ func machineInfo(root string) machine {
 	return m
 }
 
-func round(v float64, digits int) float64 {
-	p := math.Pow(10, float64(digits))
-	return math.Round(v*p) / p
-}
-
-func ratio(v, base float64) float64 {
-	if base == 0 {
-		return 0
-	}
-	return round(v/base, 3)
-}
-
 func msf(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
 
 func (r *report) entries() []entry {
@@ -98,12 +86,12 @@ func (r *report) entries() []entry {
 	base := msf(r.base.p50)
 	all, createAll := r.main.allPlaced.Seconds(), r.main.createAll.Seconds()
 	return []entry{
-		{Name: "placement/latency", Unit: "ms", Median: round(lat50, 2), P99: round(lat99, 2),
-			Baseline: round(base, 2), Ratio: ratio(lat50, base), Command: command},
-		{Name: "placement/all-placed", Unit: "s", Median: round(all, 3), P99: round(all, 3),
-			Baseline: round(createAll, 3), Ratio: ratio(all, createAll), Command: command},
-		{Name: "placement/manager-peak-rss", Unit: "MiB", Median: round(r.end.hwmMiB, 1), P99: round(r.end.hwmMiB, 1),
-			Baseline: round(r.idle.rssMiB, 1), Ratio: ratio(r.end.hwmMiB, r.idle.rssMiB), Command: command},
+		{Name: "placement/latency", Unit: "ms", Median: stats.Round(lat50, 2), P99: stats.Round(lat99, 2),
+			Baseline: stats.Round(base, 2), Ratio: stats.Ratio(lat50, base), Command: command},
+		{Name: "placement/all-placed", Unit: "s", Median: stats.Round(all, 3), P99: stats.Round(all, 3),
+			Baseline: stats.Round(createAll, 3), Ratio: stats.Ratio(all, createAll), Command: command},
+		{Name: "placement/manager-peak-rss", Unit: "MiB", Median: stats.Round(r.end.hwmMiB, 1), P99: stats.Round(r.end.hwmMiB, 1),
+			Baseline: stats.Round(r.idle.rssMiB, 1), Ratio: stats.Ratio(r.end.hwmMiB, r.idle.rssMiB), Command: command},
 	}
 }
 
