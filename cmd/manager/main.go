@@ -6,7 +6,6 @@ import (
 	"flag"
 	"fmt"
 	"os"
-	"runtime/debug"
 	"time"
 
 	coordinationv1 "k8s.io/api/coordination/v1"
@@ -28,6 +27,7 @@ import (
 	"github.com/microvm-dev/sandbox-operator/internal/access"
 	"github.com/microvm-dev/sandbox-operator/internal/controller"
 	"github.com/microvm-dev/sandbox-operator/internal/placement"
+	"github.com/microvm-dev/sandbox-operator/internal/version"
 )
 
 var (
@@ -69,7 +69,7 @@ func main() {
 	showVersion := flag.Bool("version", false, "Print the version and exit.")
 	flag.Parse()
 	if *showVersion {
-		fmt.Println("manager", version())
+		fmt.Println("manager", version.Version)
 		return
 	}
 	ctrl.SetLogger(zap.New(zap.UseFlagOptions(&opts)))
@@ -159,24 +159,4 @@ func main() {
 		setupLog.Error(err, "Failed to run manager")
 		os.Exit(1)
 	}
-}
-
-// version is the manager's version, worked out as nodeagent.Version does (the
-// module version, or the VCS revision of a development build), so that both
-// images print the same string; it is not imported from there because that
-// would link the agent's VM runtime into the manager.
-func version() string {
-	bi, ok := debug.ReadBuildInfo()
-	if !ok {
-		return "unknown"
-	}
-	if bi.Main.Version != "" && bi.Main.Version != "(devel)" {
-		return bi.Main.Version
-	}
-	for _, s := range bi.Settings {
-		if s.Key == "vcs.revision" && len(s.Value) >= 12 {
-			return "devel-" + s.Value[:12]
-		}
-	}
-	return "devel"
 }

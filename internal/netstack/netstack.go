@@ -20,6 +20,7 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
 	"gvisor.dev/gvisor/pkg/tcpip/transport/udp"
 
+	"github.com/microvm-dev/sandbox-operator/internal/guest/protocol"
 	"github.com/microvm-dev/sandbox-operator/internal/netpolicy"
 )
 
@@ -41,6 +42,35 @@ var (
 	// made after an agent restart meets the guest's ARP cache as it was.
 	GuestMAC = net.HardwareAddr{0x52, 0x54, 0x00, 0x12, 0x34, 0x56}
 )
+
+// GuestNetwork is the guest's side of the stack's addresses, for the
+// guest's Start message: its NIC (by GuestMAC), address, gateway, resolver
+// and MTU.
+func GuestNetwork() *protocol.Network {
+	return &protocol.Network{
+		MAC:         GuestMAC.String(),
+		Address:     netip.PrefixFrom(DefaultGuest, DefaultSubnet.Bits()).String(),
+		Gateway:     DefaultGateway.String(),
+		Nameservers: []string{DefaultResolver.String()},
+		MTU:         DefaultMTU,
+	}
+}
+
+// NodeAddrs are the node's own addresses, for the egress policy's group
+// Host (netpolicy.HostInfo.Addrs).
+func NodeAddrs() []netip.Addr {
+	ifAddrs, err := net.InterfaceAddrs()
+	if err != nil {
+		return nil
+	}
+	var out []netip.Addr
+	for _, a := range ifAddrs {
+		if p, err := netip.ParsePrefix(a.String()); err == nil {
+			out = append(out, p.Addr().Unmap())
+		}
+	}
+	return out
+}
 
 // nodeLoopback is what the gateway address stands for.
 var nodeLoopback = netip.MustParseAddr("127.0.0.1")

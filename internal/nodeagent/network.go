@@ -50,17 +50,6 @@ func networkEnabled(sbx *sandboxv1alpha1.Sandbox) bool {
 	return n == nil || n.Enabled == nil || *n.Enabled
 }
 
-// guestNetwork is the guest's side of the network, for its Start message.
-func guestNetwork() *protocol.Network {
-	return &protocol.Network{
-		MAC:         netstack.GuestMAC.String(),
-		Address:     netip.PrefixFrom(netstack.DefaultGuest, netstack.DefaultSubnet.Bits()).String(),
-		Gateway:     netstack.DefaultGateway.String(),
-		Nameservers: []string{netstack.DefaultResolver.String()},
-		MTU:         netstack.DefaultMTU,
-	}
-}
-
 // vmNetworkDevice is the VM's NIC.
 func vmNetworkDevice() *vmm.NetworkDevice {
 	return &vmm.NetworkDevice{MAC: netstack.GuestMAC.String()}
@@ -92,21 +81,6 @@ func nodeResolvers(path string) []string {
 	out := make([]string, 0, len(cc.Servers))
 	for _, s := range cc.Servers {
 		out = append(out, net.JoinHostPort(s, cc.Port))
-	}
-	return out
-}
-
-// nodeAddrs are the node's own addresses (the policy's group Host).
-func nodeAddrs() []netip.Addr {
-	ifAddrs, err := net.InterfaceAddrs()
-	if err != nil {
-		return nil
-	}
-	var out []netip.Addr
-	for _, a := range ifAddrs {
-		if p, err := netip.ParsePrefix(a.String()); err == nil {
-			out = append(out, p.Addr().Unmap())
-		}
 	}
 	return out
 }

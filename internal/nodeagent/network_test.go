@@ -10,6 +10,7 @@ import (
 	"k8s.io/utils/ptr"
 
 	sandboxv1alpha1 "github.com/microvm-dev/sandbox-operator/api/v1alpha1"
+	"github.com/microvm-dev/sandbox-operator/internal/netstack"
 )
 
 func TestNameserversComeFromTheSpecOrTheNode(t *testing.T) {
@@ -53,7 +54,7 @@ func TestNetworkIsEnabledUnlessTurnedOff(t *testing.T) {
 
 func TestTheGuestNetworkMatchesTheStack(t *testing.T) {
 	g := NewWithT(t)
-	n := guestNetwork()
+	n := netstack.GuestNetwork()
 	g.Expect(n.Address).To(Equal("10.0.2.15/24"))
 	g.Expect(n.Gateway).To(Equal("10.0.2.2"))
 	g.Expect(n.Nameservers).To(Equal([]string{"10.0.2.3"}))

@@ -31,6 +31,7 @@ import (
 
 	sandboxv1alpha1 "github.com/microvm-dev/sandbox-operator/api/v1alpha1"
 	"github.com/microvm-dev/sandbox-operator/internal/image"
+	"github.com/microvm-dev/sandbox-operator/internal/netstack"
 	"github.com/microvm-dev/sandbox-operator/internal/vmm"
 	sandboxv1alpha1ac "github.com/microvm-dev/sandbox-operator/pkg/client/applyconfiguration/api/v1alpha1"
 )
@@ -116,7 +117,7 @@ func newSandboxReconciler(ctx context.Context, c client.Client, reader client.Re
 		notify:    make(chan event.GenericEvent),
 		sandboxes: map[types.UID]*sandboxState{},
 		vmm:       vmm.QEMU{}, mkfs: mkfsPath(),
-		hostAddrs: nodeAddrs(), nodeResolvers: nodeResolvers(resolvConf),
+		hostAddrs: netstack.NodeAddrs(), nodeResolvers: nodeResolvers(resolvConf),
 	}
 	if err := os.MkdirAll(filepath.Join(args.StateDir, "vms"), 0o700); err != nil {
 		return nil, fmt.Errorf("failed to create the state directory: %w", err)
@@ -515,7 +516,7 @@ func (r *SandboxReconciler) boot(ctx context.Context, sbx *sandboxv1alpha1.Sandb
 		RootDisk: img.RootfsPath, Disks: disks, Binary: r.args.QEMUBinary, CgroupParent: r.args.CgroupParent,
 	}
 	if networkEnabled(sbx) {
-		plan.start.Network = guestNetwork()
+		plan.start.Network = netstack.GuestNetwork()
 		cfg.Network = vmNetworkDevice()
 	}
 	if hasSecrets(sbx) {

@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -54,18 +53,6 @@ func networkSpec(hostPort int32) *sandboxv1alpha1.NetworkSpec {
 				Protocols:   []sandboxv1alpha1.RuleProtocol{"TCP"},
 			}},
 		},
-	}
-}
-
-// guestNetwork is the Start message's network, as the node agent sends it
-// (internal/nodeagent guestNetwork, unexported there).
-func guestNetwork() *protocol.Network {
-	return &protocol.Network{
-		MAC:         netstack.GuestMAC.String(),
-		Address:     netip.PrefixFrom(netstack.DefaultGuest, netstack.DefaultSubnet.Bits()).String(),
-		Gateway:     netstack.DefaultGateway.String(),
-		Nameservers: []string{netstack.DefaultResolver.String()},
-		MTU:         netstack.DefaultMTU,
 	}
 }
 
@@ -152,7 +139,7 @@ func bootGuest(ctx context.Context, b *bench) (_ *guest, err error) {
 		return nil, err
 	}
 	spec := networkSpec(int32(ln.Addr().(*net.TCPAddr).Port))
-	policy, err := netpolicy.Compile(spec, netpolicy.HostInfo{Addrs: nodeAddrs(), Resolver: netstack.DefaultResolver})
+	policy, err := netpolicy.Compile(spec, netpolicy.HostInfo{Addrs: netstack.NodeAddrs(), Resolver: netstack.DefaultResolver})
 	if err != nil {
 		_ = ln.Close()
 		return nil, err
@@ -230,7 +217,7 @@ func handshake(ctx context.Context, conn net.Conn) error {
 		return err
 	}
 	start, err := protocol.Encode(0, protocol.TypeStart, protocol.Start{
-		Argv: idleEntry, Env: guestEnv, Dir: "/", Hostname: "netbench", Network: guestNetwork(),
+		Argv: idleEntry, Env: guestEnv, Dir: "/", Hostname: "netbench", Network: netstack.GuestNetwork(),
 	})
 	if err != nil {
 		return err
@@ -366,20 +353,4 @@ func (g *guest) consoleTail() string {
 		b = b[len(b)-1500:]
 	}
 	return "; console:\n" + string(b)
-}
-
-// nodeAddrs are the node's own addresses (the policy's group Host), as
-// the node agent reads them.
-func nodeAddrs() []netip.Addr {
-	ifAddrs, err := net.InterfaceAddrs()
-	if err != nil {
-		return nil
-	}
-	var out []netip.Addr
-	for _, a := range ifAddrs {
-		if p, err := netip.ParsePrefix(a.String()); err == nil {
-			out = append(out, p.Addr().Unmap())
-		}
-	}
-	return out
 }
