@@ -115,12 +115,7 @@ func (vn *vmNet) denied(ctx context.Context, notify chan<- event.GenericEvent, k
 	}
 	time.AfterFunc(denialReportDelay, func() {
 		vn.reporting.Store(false)
-		obj := &sandboxv1alpha1.Sandbox{}
-		obj.Name, obj.Namespace = key.Name, key.Namespace
-		select {
-		case notify <- event.GenericEvent{Object: obj}:
-		case <-ctx.Done():
-		}
+		requestReconcile(ctx, notify, key)
 	})
 }
 
@@ -470,14 +465,7 @@ func (r *SandboxReconciler) secretViolation(log logr.Logger, sbx *sandboxv1alpha
 	}
 	if action == sandboxv1alpha1.SecretViolationBlockAndTerminate && h.violated.CompareAndSwap(false, true) {
 		log.Info("Stopping the sandbox: its secret's onViolation is BlockAndTerminate", "secret", v.Secret)
-		obj := &sandboxv1alpha1.Sandbox{}
-		obj.Name, obj.Namespace = h.key.Name, h.key.Namespace
-		go func() {
-			select {
-			case r.notify <- event.GenericEvent{Object: obj}:
-			case <-r.ctx.Done():
-			}
-		}()
+		go requestReconcile(r.ctx, r.notify, h.key)
 	}
 }
 

@@ -112,19 +112,23 @@ const redialPause = 250 * time.Millisecond
 // the guest has not noticed that the previous connection ended.
 var errNotHello = errors.New("the guest's first frame is not Hello")
 
+// requestReconcile asks for a reconcile of Sandbox key through notify (the
+// reconciler's channel source), unless ctx ends first.
+func requestReconcile(ctx context.Context, notify chan<- event.GenericEvent, key types.NamespacedName) {
+	obj := &sandboxv1alpha1.Sandbox{}
+	obj.Name, obj.Namespace = key.Name, key.Namespace
+	select {
+	case notify <- event.GenericEvent{Object: obj}:
+	case <-ctx.Done():
+	}
+}
+
 // watch talks to the guest and waits for QEMU's exit, and asks for a
 // reconcile of the Sandbox after each change. When the agent stops (ctx
 // ends) it lets go of the VM, which keeps running: the next agent process
 // re-adopts it.
 func (h *vmHandle) watch(ctx context.Context, notify chan<- event.GenericEvent) {
-	trigger := func() {
-		obj := &sandboxv1alpha1.Sandbox{}
-		obj.Name, obj.Namespace = h.key.Name, h.key.Namespace
-		select {
-		case notify <- event.GenericEvent{Object: obj}:
-		case <-ctx.Done():
-		}
-	}
+	trigger := func() { requestReconcile(ctx, notify, h.key) }
 	talkDone := make(chan struct{})
 	go func() {
 		defer close(talkDone)
