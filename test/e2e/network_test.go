@@ -99,7 +99,7 @@ func newTestNetns() *testNetns {
 	dir := GinkgoT().TempDir()
 	t.serverContents = "hello from the test namespace"
 	Expect(os.WriteFile(filepath.Join(dir, "index.html"), []byte(t.serverContents), 0o644)).To(Succeed())
-	bb, err := findBusybox()
+	_, bb, err := staticBusybox() // the image's busybox: httpd in the namespace
 	Expect(err).NotTo(HaveOccurred())
 	t.server = exec.Command("ip", "netns", "exec", t.name, bb, "httpd", "-f", "-p", "8080", "-h", dir)
 	Expect(t.server.Start()).To(Succeed())
@@ -123,15 +123,6 @@ func (t *testNetns) close() {
 	}
 	_ = exec.Command("ip", "link", "del", t.hostIf).Run()
 	_ = exec.Command("ip", "netns", "del", t.name).Run()
-}
-
-func findBusybox() (string, error) {
-	for _, p := range busyboxCandidates {
-		if _, err := os.Stat(p); err == nil {
-			return p, nil
-		}
-	}
-	return "", errors.New("no busybox on this machine (apt-get install busybox-static)")
 }
 
 // testDNS serves A records for the test's names on 127.0.0.1 (UDP).
