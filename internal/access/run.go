@@ -25,7 +25,7 @@ import (
 // namespace transformer or the Helm chart renders the real one.
 // +kubebuilder:rbac:groups="",namespace=sandbox-system,resources=configmaps,verbs=get;create;update
 // +kubebuilder:rbac:groups="",namespace=sandbox-system,resources=secrets,verbs=get;create
-// +kubebuilder:rbac:groups="",namespace=kube-system,resources=configmaps,verbs=get
+// +kubebuilder:rbac:groups="",namespace=kube-system,resources=configmaps,verbs=get,resourceNames=extension-apiserver-authentication
 // +kubebuilder:rbac:groups=authorization.k8s.io,resources=subjectaccessreviews,verbs=create
 // +kubebuilder:rbac:groups=apiregistration.k8s.io,resources=apiservices,verbs=get;create;update;patch
 

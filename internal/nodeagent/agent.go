@@ -7,8 +7,6 @@ import (
 	"net/netip"
 	"time"
 
-	coordinationv1 "k8s.io/api/coordination/v1"
-	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/apimachinery/pkg/runtime"
 	utilruntime "k8s.io/apimachinery/pkg/util/runtime"
@@ -26,12 +24,12 @@ import (
 
 // RBAC of the node agent (config/rbac/node-agent). Narrowing writes to its
 // own node's objects is the admission policy's job (a later issue).
-// +kubebuilder:rbac:groups=sandbox.microvm.dev,resources=sandboxnodes,verbs=get;list;watch;create;patch;update
+// +kubebuilder:rbac:groups=sandbox.microvm.dev,resources=sandboxnodes,verbs=get;create;patch;update
 // +kubebuilder:rbac:groups=sandbox.microvm.dev,resources=sandboxnodes/status,verbs=get;patch;update
 // +kubebuilder:rbac:groups=sandbox.microvm.dev,resources=sandboxes,verbs=get;list;watch;patch;update
 // +kubebuilder:rbac:groups=sandbox.microvm.dev,resources=sandboxes/status,verbs=get;patch;update
-// +kubebuilder:rbac:groups=coordination.k8s.io,resources=leases,verbs=get;list;watch;create;update;patch
-// +kubebuilder:rbac:groups="",resources=nodes,verbs=get;list;watch
+// +kubebuilder:rbac:groups=coordination.k8s.io,resources=leases,verbs=get;create;update;patch
+// +kubebuilder:rbac:groups="",resources=nodes,verbs=get
 // +kubebuilder:rbac:groups="",resources=secrets;configmaps,verbs=get
 // +kubebuilder:rbac:groups=events.k8s.io,resources=events,verbs=create;patch
 
@@ -168,17 +166,14 @@ func New(opts ...Option) (*Agent, error) {
 		LeaderElection: false,
 		Cache: cache.Options{
 			DefaultTransform: cache.TransformStripManagedFields(),
-			// Like virt-handler's host-scoped informer, each cache holds
-			// this node's objects only: its Sandboxes (status.nodeName is a
-			// CRD selectable field), its SandboxNode, its Node and Lease.
+			// Like virt-handler's host-scoped informer, the cache holds this
+			// node's Sandboxes only (status.nodeName is a CRD selectable
+			// field). The heartbeat reads its Node, SandboxNode and Lease
+			// with direct gets (GetAPIReader), never through the cache, so
+			// the agent needs no list or watch on them (the RBAC markers
+			// above grant get only).
 			ByObject: map[client.Object]cache.ByObject{
-				&sandboxv1alpha1.Sandbox{}:     {Field: fields.OneTermEqualSelector("status.nodeName", node)},
-				&sandboxv1alpha1.SandboxNode{}: {Field: fields.OneTermEqualSelector("metadata.name", node)},
-				&corev1.Node{}:                 {Field: fields.OneTermEqualSelector("metadata.name", node)},
-				&coordinationv1.Lease{}: {
-					Namespaces: map[string]cache.Config{a.args.LeaseNamespace: {}},
-					Field:      fields.OneTermEqualSelector("metadata.name", node),
-				},
+				&sandboxv1alpha1.Sandbox{}: {Field: fields.OneTermEqualSelector("status.nodeName", node)},
 			},
 		},
 	})
