@@ -64,6 +64,7 @@ func main() {
 	flag.StringVar(&accessOpts.ServiceName, "access-service", "sandbox-access", "The Service in front of the access API (in --lease-namespace), which the APIService points at.")
 	flag.IntVar(&accessOpts.ServicePort, "access-service-port", 0, "The Service's port (default: the bound port).")
 	flag.BoolVar(&accessOpts.RegisterAPIService, "access-register-apiservice", true, "Create or update the APIService v1alpha1.subresources.sandbox.microvm.dev with this process's serving CA.")
+	flag.StringVar(&accessOpts.CertDir, "access-cert-dir", "", "A directory with the access API's serving certificate as a kubernetes.io/tls Secret mounts it (tls.crt, tls.key; ca.crt for --access-register-apiservice), e.g. from cert-manager; watched for renewals. Empty: the manager issues its own from the CA in the Secret sandbox-access-serving-ca.")
 	opts := zap.Options{Development: true}
 	opts.BindFlags(flag.CommandLine)
 	showVersion := flag.Bool("version", false, "Print the version and exit.")

@@ -7,6 +7,7 @@ import (
 	"encoding/base64"
 	"fmt"
 	"io"
+	"math/big"
 	"net"
 	"net/http"
 	"os"
@@ -20,6 +21,7 @@ import (
 	rbacv1 "k8s.io/api/rbac/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/client-go/rest"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -35,19 +37,25 @@ func (echoBackend) Serve(w http.ResponseWriter, _ *http.Request, t Target) {
 	_, _ = fmt.Fprintf(w, "%s %s/%s/%s", t.User.Name, t.Namespace, t.Name, t.Subresource)
 }
 
-// TestAggregatedAPIAuthorizesWithTheCallersIdentity runs the access server
-// behind a real kube-apiserver's aggregation layer (front-proxy client
-// certificate, APIService, a Service pointing at the server): a user that
-// RBAC allows sandboxes/exec reaches it with their identity; one without is
-// refused with 403 by the API server; a request that bypasses the API
-// server has no trusted identity.
-func TestAggregatedAPIAuthorizesWithTheCallersIdentity(t *testing.T) {
+// frontProxyClient is the certificate the aggregation layer presents
+// (startAggregator configures it; a test uses it to act as the proxy).
+var frontProxyClient KeyPair
+
+// schemaAPIService is the APIService's kind, read as unstructured.
+var schemaAPIService = schema.GroupVersionKind{Group: "apiregistration.k8s.io", Version: "v1", Kind: "APIService"}
+
+// startAggregator starts a kube-apiserver (envtest) configured for API
+// aggregation: a front-proxy CA and client certificate, and the request
+// header names, published in kube-system/extension-apiserver-authentication.
+func startAggregator(t *testing.T) (*envtest.Environment, *rest.Config, client.Client) {
+	t.Helper()
 	g := NewWithT(t)
 	dir := t.TempDir()
 	frontCA, err := NewCA("front-proxy-ca", time.Hour)
 	g.Expect(err).NotTo(HaveOccurred())
 	proxyClient, err := frontCA.IssueClient("front-proxy-client", nil, time.Hour)
 	g.Expect(err).NotTo(HaveOccurred())
+	frontProxyClient = proxyClient
 	write := func(name string, b []byte) string {
 		p := filepath.Join(dir, name)
 		g.Expect(os.WriteFile(p, b, 0o600)).To(Succeed())
@@ -67,6 +75,27 @@ func TestAggregatedAPIAuthorizesWithTheCallersIdentity(t *testing.T) {
 	t.Cleanup(func() { _ = env.Stop() })
 	admin, err := client.New(cfg, client.Options{})
 	g.Expect(err).NotTo(HaveOccurred())
+	return env, cfg, admin
+}
+
+// freePort returns a loopback TCP port nothing listens on (yet).
+func freePort(g Gomega) int {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	g.Expect(err).NotTo(HaveOccurred())
+	defer func() { _ = ln.Close() }()
+	return ln.Addr().(*net.TCPAddr).Port
+}
+
+// TestAggregatedAPIAuthorizesWithTheCallersIdentity runs the access server
+// behind a real kube-apiserver's aggregation layer (front-proxy client
+// certificate, APIService, a Service pointing at the server): a user that
+// RBAC allows sandboxes/exec reaches it with their identity; one without is
+// refused with 403 by the API server; a request that bypasses the API
+// server has no trusted identity.
+func TestAggregatedAPIAuthorizesWithTheCallersIdentity(t *testing.T) {
+	g := NewWithT(t)
+	env, cfg, admin := startAggregator(t)
+	proxyClient := frontProxyClient
 	ctx := context.Background()
 
 	// The access server, with a serving certificate for the Service name
@@ -226,4 +255,112 @@ func TestAggregatedAPIAuthorizesWithTheCallersIdentity(t *testing.T) {
 		_ = resp.Body.Close()
 		g.Expect(resp.StatusCode).To(Equal(want), user)
 	}
+}
+
+// TestAggregatedAPIServesAMountedCertificate runs the manager's access
+// Runnable with --access-cert-dir as the chart's cert-manager option mounts
+// it (a kubernetes.io/tls Secret: tls.crt, tls.key, ca.crt) behind a real
+// kube-apiserver: the APIService gets that CA, requests through the
+// aggregation layer reach the server, and a renewed certificate written to
+// the directory is served without a restart.
+func TestAggregatedAPIServesAMountedCertificate(t *testing.T) {
+	g := NewWithT(t)
+	env, cfg, admin := startAggregator(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	const ns, svcName = "sandbox-system", "sandbox-access"
+	svcHost := svcName + "." + ns + ".svc"
+
+	// What cert-manager writes into the Secret: a leaf for the Service's
+	// name and the CA that issued it.
+	issuer, err := NewCA("cert-manager-issuer", time.Hour)
+	g.Expect(err).NotTo(HaveOccurred())
+	dir := t.TempDir()
+	writeLeaf := func() *x509.Certificate {
+		pair, err := issuer.IssueServer("sandbox-access", []string{svcHost}, time.Hour)
+		g.Expect(err).NotTo(HaveOccurred())
+		// A Secret volume swaps its files in at once; rename does too.
+		for name, b := range map[string][]byte{CertDirCertFile: pair.CertPEM, CertDirKeyFile: pair.KeyPEM, CertDirCAFile: issuer.CertPEM} {
+			tmp := filepath.Join(dir, "."+name)
+			g.Expect(os.WriteFile(tmp, b, 0o600)).To(Succeed())
+			g.Expect(os.Rename(tmp, filepath.Join(dir, name))).To(Succeed())
+		}
+		leaf, err := pair.TLSCertificate()
+		g.Expect(err).NotTo(HaveOccurred())
+		cert, err := x509.ParseCertificate(leaf.Certificate[0])
+		g.Expect(err).NotTo(HaveOccurred())
+		return cert
+	}
+	first := writeLeaf()
+
+	t.Run("registering the APIService without ca.crt says how to let cert-manager fill it", func(t *testing.T) {
+		g := NewWithT(t)
+		r := &Runnable{Client: admin, Opts: Options{Namespace: ns, ServiceName: svcName, RegisterAPIService: true, CertDir: t.TempDir()}}
+		_, err := r.servingCertificate(ctx)
+		g.Expect(err).To(MatchError(ContainSubstring("tls.crt")), "no certificate at all")
+		empty := t.TempDir()
+		g.Expect(os.Link(filepath.Join(dir, CertDirCertFile), filepath.Join(empty, CertDirCertFile))).To(Succeed())
+		g.Expect(os.Link(filepath.Join(dir, CertDirKeyFile), filepath.Join(empty, CertDirKeyFile))).To(Succeed())
+		r.Opts.CertDir = empty
+		_, err = r.servingCertificate(ctx)
+		g.Expect(err).To(MatchError(ContainSubstring("--access-register-apiservice=false")))
+	})
+
+	port := freePort(g)
+	g.Expect(admin.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}})).To(Succeed())
+	g.Expect(admin.Create(ctx, &corev1.Service{
+		ObjectMeta: metav1.ObjectMeta{Name: svcName, Namespace: ns},
+		Spec: corev1.ServiceSpec{Type: corev1.ServiceTypeExternalName, ExternalName: "localhost",
+			Ports: []corev1.ServicePort{{Port: int32(port), TargetPort: intstr.FromInt32(int32(port))}}},
+	})).To(Succeed())
+	r := &Runnable{Client: admin, Reader: admin, Opts: Options{
+		BindAddress: fmt.Sprintf("127.0.0.1:%d", port), Namespace: ns, ServiceName: svcName,
+		RegisterAPIService: true, CertDir: dir,
+	}}
+	done := make(chan error, 1)
+	go func() { done <- r.Start(ctx) }()
+	t.Cleanup(func() { cancel(); <-done })
+
+	apiService := &unstructured.Unstructured{}
+	apiService.SetGroupVersionKind(schemaAPIService)
+	g.Eventually(func(g Gomega) {
+		g.Expect(admin.Get(ctx, client.ObjectKey{Name: Version + "." + Group}, apiService)).To(Succeed())
+		caBundle, _, _ := unstructured.NestedString(apiService.Object, "spec", "caBundle")
+		g.Expect(caBundle).To(Equal(base64.StdEncoding.EncodeToString(issuer.CertPEM)), "the caBundle is the mounted ca.crt")
+		conds, _, _ := unstructured.NestedSlice(apiService.Object, "status", "conditions")
+		g.Expect(conds).To(ContainElement(And(HaveKeyWithValue("type", "Available"), HaveKeyWithValue("status", "True"))), "%v", conds)
+	}).WithTimeout(60 * time.Second).WithPolling(200 * time.Millisecond).Should(Succeed())
+	g.Expect(admin.Get(ctx, client.ObjectKey{Namespace: ns, Name: ServingCAName}, &corev1.Secret{})).
+		To(MatchError(ContainSubstring("not found")), "no self-made serving CA next to a mounted certificate")
+
+	u, err := env.AddUser(envtest.User{Name: "alice"}, nil)
+	g.Expect(err).NotTo(HaveOccurred())
+	hc, err := rest.HTTPClientFor(u.Config())
+	g.Expect(err).NotTo(HaveOccurred())
+	discovery := func(g Gomega) {
+		resp, err := hc.Get(strings.TrimSuffix(cfg.Host, "/") + "/apis/" + Group + "/" + Version)
+		g.Expect(err).NotTo(HaveOccurred())
+		defer func() { _ = resp.Body.Close() }()
+		b, _ := io.ReadAll(resp.Body)
+		g.Expect(resp.StatusCode).To(Equal(http.StatusOK), string(b))
+		g.Expect(string(b)).To(ContainSubstring(`"sandboxes/exec"`))
+	}
+	g.Eventually(discovery).WithTimeout(30 * time.Second).Should(Succeed(), "the aggregation layer reaches the server over the mounted certificate")
+
+	served := func() *big.Int {
+		pool := x509.NewCertPool()
+		pool.AppendCertsFromPEM(issuer.CertPEM)
+		conn, err := tls.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", port), &tls.Config{RootCAs: pool, ServerName: svcHost, MinVersion: tls.VersionTLS12})
+		if err != nil {
+			return nil
+		}
+		defer func() { _ = conn.Close() }()
+		return conn.ConnectionState().PeerCertificates[0].SerialNumber
+	}
+	g.Expect(served()).To(Equal(first.SerialNumber))
+	renewed := writeLeaf()
+	g.Expect(renewed.SerialNumber).NotTo(Equal(first.SerialNumber))
+	g.Eventually(served).WithTimeout(30*time.Second).WithPolling(200*time.Millisecond).Should(Equal(renewed.SerialNumber),
+		"the renewed certificate is served without a restart")
+	g.Eventually(discovery).WithTimeout(10 * time.Second).Should(Succeed(), "and the aggregation layer still verifies it")
 }

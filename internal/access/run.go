@@ -8,11 +8,14 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"os"
+	"path/filepath"
 	"strconv"
 	"time"
 
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/certwatcher"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 )
 
@@ -45,7 +48,27 @@ type Options struct {
 	// v1alpha1.subresources.sandbox.microvm.dev with this process's serving
 	// CA, so that the kube-apiserver proxies to it.
 	RegisterAPIService bool
+	// CertDir, when set, holds the serving certificate in the layout of a
+	// kubernetes.io/tls Secret as cert-manager writes it (tls.crt, tls.key
+	// and, for the APIService's caBundle, ca.crt), mounted from that
+	// Secret. The files are watched: a renewed certificate is served
+	// without a restart. Unset, the manager issues its own serving
+	// certificate from the CA it keeps in the Secret ServingCAName.
+	CertDir string
 }
+
+// The file names in CertDir: a kubernetes.io/tls Secret's keys, and
+// cert-manager's ca.crt.
+const (
+	CertDirCertFile = "tls.crt"
+	CertDirKeyFile  = "tls.key"
+	CertDirCAFile   = "ca.crt"
+)
+
+// certWatchInterval is how often the mounted serving certificate is re-read
+// besides file notifications (a Secret volume's update swaps a symlink,
+// which some file systems do not report).
+const certWatchInterval = 10 * time.Second
 
 // servingValidity is the lifetime of the serving certificate made at each
 // start (the APIService's caBundle is updated with it).
@@ -98,19 +121,7 @@ func (r *Runnable) Start(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	// One serving CA for all replicas (stored in a Secret): the APIService
-	// has one caBundle, which must verify whichever replica the Service
-	// reaches.
-	servingCA, err := EnsureServingCA(ctx, r.Client, r.Opts.Namespace)
-	if err != nil {
-		return err
-	}
-	svc := r.Opts.ServiceName + "." + r.Opts.Namespace + ".svc"
-	serving, err := servingCA.IssueServer("sandbox-access", []string{svc, svc + ".cluster.local", "localhost", "127.0.0.1"}, servingValidity)
-	if err != nil {
-		return err
-	}
-	servingCert, err := serving.TLSCertificate()
+	serving, err := r.servingCertificate(ctx)
 	if err != nil {
 		return err
 	}
@@ -123,7 +134,7 @@ func (r *Runnable) Start(ctx context.Context) error {
 		port = ln.Addr().(*net.TCPAddr).Port
 	}
 	if r.Opts.RegisterAPIService {
-		if err := r.registerAPIService(ctx, port, servingCA.CertPEM); err != nil {
+		if err := r.registerAPIService(ctx, port, serving.caPEM); err != nil {
 			_ = ln.Close()
 			return err
 		}
@@ -132,18 +143,80 @@ func (r *Runnable) Start(ctx context.Context) error {
 		Handler: &Server{Authn: rh, Authz: SubjectAccessReviews{Client: r.Client},
 			Backend: &AgentProxy{Client: r.Reader, ClientCert: clientCert}},
 		ReadHeaderTimeout: 30 * time.Second,
-		TLSConfig: &tls.Config{MinVersion: tls.VersionTLS12, Certificates: []tls.Certificate{servingCert},
+		TLSConfig: &tls.Config{MinVersion: tls.VersionTLS12, GetCertificate: serving.get,
 			ClientAuth: tls.VerifyClientCertIfGiven, ClientCAs: rh.ClientCAs},
 	}
 	go func() {
 		<-ctx.Done()
 		_ = srv.Close()
 	}()
-	log.Info("Serving the access API", "address", ln.Addr().String(), "service", svc)
+	log.Info("Serving the access API", "address", ln.Addr().String(), "service", r.serviceHost(), "certificate", serving.source)
 	if err := srv.ServeTLS(ln, "", ""); err != nil && !errors.Is(err, http.ErrServerClosed) {
 		return err
 	}
 	return nil
+}
+
+// servingCert is where the access API's serving certificate comes from.
+type servingCert struct {
+	// get returns the certificate to present (tls.Config.GetCertificate).
+	get func(*tls.ClientHelloInfo) (*tls.Certificate, error)
+	// caPEM verifies it: the APIService's caBundle.
+	caPEM []byte
+	// source says which it is, for the log.
+	source string
+}
+
+// serviceHost is the Service's DNS name the aggregator verifies.
+func (r *Runnable) serviceHost() string {
+	return r.Opts.ServiceName + "." + r.Opts.Namespace + ".svc"
+}
+
+// servingCertificate loads the certificate from CertDir and watches it
+// until ctx ends, or issues one from the serving CA shared by all replicas.
+func (r *Runnable) servingCertificate(ctx context.Context) (servingCert, error) {
+	if dir := r.Opts.CertDir; dir != "" {
+		w, err := certwatcher.New(filepath.Join(dir, CertDirCertFile), filepath.Join(dir, CertDirKeyFile))
+		if err != nil {
+			return servingCert{}, fmt.Errorf("loading the access API's serving certificate from %s: %w", dir, err)
+		}
+		var caPEM []byte
+		if r.Opts.RegisterAPIService {
+			// The manager writes the caBundle only when asked to; with
+			// cert-manager, its cainjector fills it in from the Certificate
+			// (the chart's cert-manager.io/inject-ca-from annotation).
+			if caPEM, err = os.ReadFile(filepath.Join(dir, CertDirCAFile)); err != nil {
+				return servingCert{}, fmt.Errorf("registering the APIService needs the serving certificate's CA in %s: %w "+
+					"(or let cert-manager's cainjector fill in its caBundle: --access-register-apiservice=false)", dir, err)
+			}
+		}
+		go func() {
+			if err := w.WithWatchInterval(certWatchInterval).Start(ctx); err != nil {
+				ctrl.LoggerFrom(ctx).Error(err, "Failed watching the access API's serving certificate", "dir", dir)
+			}
+		}()
+		return servingCert{get: w.GetCertificate, caPEM: caPEM, source: dir}, nil
+	}
+	// One serving CA for all replicas (stored in a Secret): the APIService
+	// has one caBundle, which must verify whichever replica the Service
+	// reaches.
+	ca, err := EnsureServingCA(ctx, r.Client, r.Opts.Namespace)
+	if err != nil {
+		return servingCert{}, err
+	}
+	svc := r.serviceHost()
+	pair, err := ca.IssueServer("sandbox-access", []string{svc, svc + ".cluster.local", "localhost", "127.0.0.1"}, servingValidity)
+	if err != nil {
+		return servingCert{}, err
+	}
+	cert, err := pair.TLSCertificate()
+	if err != nil {
+		return servingCert{}, err
+	}
+	return servingCert{
+		get:   func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return &cert, nil },
+		caPEM: ca.CertPEM, source: "Secret " + r.Opts.Namespace + "/" + ServingCAName,
+	}, nil
 }
 
 // registerAPIService points the APIService at the Service with this
