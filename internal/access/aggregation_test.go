@@ -345,7 +345,7 @@ func TestAggregatedAPIServesAMountedCertificate(t *testing.T) {
 		g.Expect(resp.StatusCode).To(Equal(http.StatusOK), string(b))
 		g.Expect(string(b)).To(ContainSubstring(`"sandboxes/exec"`))
 	}
-	g.Eventually(discovery).WithTimeout(30 * time.Second).Should(Succeed(), "the aggregation layer reaches the server over the mounted certificate")
+	g.Eventually(discovery).WithTimeout(30*time.Second).Should(Succeed(), "the aggregation layer reaches the server over the mounted certificate")
 
 	served := func() *big.Int {
 		pool := x509.NewCertPool()
@@ -362,5 +362,5 @@ func TestAggregatedAPIServesAMountedCertificate(t *testing.T) {
 	g.Expect(renewed.SerialNumber).NotTo(Equal(first.SerialNumber))
 	g.Eventually(served).WithTimeout(30*time.Second).WithPolling(200*time.Millisecond).Should(Equal(renewed.SerialNumber),
 		"the renewed certificate is served without a restart")
-	g.Eventually(discovery).WithTimeout(10 * time.Second).Should(Succeed(), "and the aggregation layer still verifies it")
+	g.Eventually(discovery).WithTimeout(10*time.Second).Should(Succeed(), "and the aggregation layer still verifies it")
 }
