@@ -75,6 +75,9 @@ func TestChart(t *testing.T) {
 			{"nodeAgent.accelerator=hvf", "nodeAgent/accelerator"},
 			{"manager.replicas=2", "additional properties 'replicas' not allowed"},
 			{"nodeAgent.cgroupParent=/sys/fs/cgroup/x", "nodeAgent/cgroupParent"},
+			{"access.certManager.issuerRef.kind=Foo", "value must be one of 'Issuer', 'ClusterIssuer'"},
+			{"access.certManager.issuerRef.kind=ClusterIssuer", "/access/certManager/issuerRef': missing property 'name'"},
+			{"access.certManager.duration=90d", "access/certManager/duration"},
 		} {
 			out, err := run(helm, "template", release, chart, "--set-string", tc.set)
 			if err == nil || !strings.Contains(out, tc.want) {
@@ -94,7 +97,7 @@ func TestChart(t *testing.T) {
 			"PodDisruptionBudget": 1, "APIService": 1,
 			"ValidatingAdmissionPolicy": 1, "ValidatingAdmissionPolicyBinding": 1,
 		}))
-		g.Expect(kinds(everything)).To(HaveKeyWithValue("ServiceMonitor", 2))
+		g.Expect(kinds(everything)).To(And(HaveKeyWithValue("ServiceMonitor", 2), HaveKeyWithValue("Certificate", 1), HaveKeyWithValue("Issuer", 1)))
 		for _, o := range append(slices.Clone(defaults), everything...) {
 			switch o.GetKind() {
 			case "CustomResourceDefinition", "ClusterRole", "ClusterRoleBinding", "APIService",
@@ -202,6 +205,51 @@ func TestChart(t *testing.T) {
 		g.Expect(stringMap(pdb, "spec", "selector", "matchLabels")).To(Equal(svc.Spec.Selector))
 	})
 
+	t.Run("with cert-manager the manager serves the Certificate's Secret and cainjector keeps the APIService's caBundle", func(t *testing.T) {
+		g := NewWithT(t)
+		svc := service(t, everything, release+"-access")
+		host := svc.Name + "." + namespace + ".svc"
+		cert := one(t, everything, "Certificate")
+		secretName, _, _ := unstructured.NestedString(cert.Object, "spec", "secretName")
+		dnsNames, _, _ := unstructured.NestedStringSlice(cert.Object, "spec", "dnsNames")
+		g.Expect(dnsNames).To(Equal([]string{host, host + ".cluster.local"}), "the names the aggregation layer verifies")
+		issuerRef, _, _ := unstructured.NestedStringMap(cert.Object, "spec", "issuerRef")
+		issuer := one(t, everything, "Issuer")
+		g.Expect(issuerRef).To(Equal(map[string]string{"name": issuer.GetName(), "kind": "Issuer", "group": "cert-manager.io"}))
+		g.Expect(issuer.Object["spec"]).To(Equal(map[string]any{"selfSigned": map[string]any{}}))
+
+		spec := podSpec(t, one(t, everything, "Deployment"))
+		c := spec.Containers[0]
+		var dir string
+		for _, a := range c.Args {
+			if v, ok := strings.CutPrefix(a, "--access-cert-dir="); ok {
+				dir = v
+			}
+		}
+		g.Expect(dir).NotTo(BeEmpty(), "%v", c.Args)
+		g.Expect(c.Args).To(ContainElement("--access-register-apiservice=false"), "cainjector, not the manager, writes the caBundle")
+		g.Expect(c.Args).NotTo(ContainElement("--access-register-apiservice=true"))
+		g.Expect(c.VolumeMounts).To(ContainElement(And(HaveField("MountPath", dir), HaveField("ReadOnly", true), HaveField("Name", "access-serving-cert"))))
+		g.Expect(spec.Volumes).To(ContainElement(And(HaveField("Name", "access-serving-cert"), HaveField("Secret.SecretName", secretName))))
+
+		as := one(t, everything, "APIService")
+		g.Expect(as.GetAnnotations()).To(HaveKeyWithValue("cert-manager.io/inject-ca-from", namespace+"/"+cert.GetName()))
+		g.Expect(one(t, defaults, "APIService").GetAnnotations()).To(BeEmpty())
+		g.Expect(kinds(defaults)).NotTo(Or(HaveKey("Certificate"), HaveKey("Issuer")), "off by default")
+		g.Expect(podSpec(t, one(t, defaults, "Deployment")).Volumes).To(BeEmpty())
+
+		// An existing ClusterIssuer instead of the self-signed Issuer.
+		withIssuer := render(t, helm, "--set", "access.certManager.enabled=true",
+			"--set", "access.certManager.issuerRef.name=corp-ca", "--set", "access.certManager.issuerRef.kind=ClusterIssuer")
+		g.Expect(kinds(withIssuer)).NotTo(HaveKey("Issuer"))
+		issuerRef, _, _ = unstructured.NestedStringMap(one(t, withIssuer, "Certificate").Object, "spec", "issuerRef")
+		g.Expect(issuerRef).To(Equal(map[string]string{"name": "corp-ca", "kind": "ClusterIssuer", "group": "cert-manager.io"}))
+
+		out, err := run(helm, "template", release, chart, "--set", "access.certManager.enabled=true", "--set", "access.createAPIService=false")
+		g.Expect(err).To(HaveOccurred())
+		g.Expect(out).To(ContainSubstring("access.certManager.enabled needs access.createAPIService"))
+	})
+
 	t.Run("the node agent: downward API, host paths, KVM unless emulation is allowed", func(t *testing.T) {
 		g := NewWithT(t)
 		spec := podSpec(t, one(t, defaults, "DaemonSet"))
@@ -280,12 +328,18 @@ func TestChart(t *testing.T) {
 		g := NewWithT(t)
 		// helm install --create-namespace makes the namespace first.
 		g.Expect(c.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: namespace}})).To(Succeed())
-		// The Prometheus operator's CRD, as a schemaless stand-in.
-		g.Expect(c.Create(ctx, serviceMonitorCRD())).To(Succeed())
-		g.Eventually(func(g Gomega) {
-			out, err := run(kubectl, "--kubeconfig", kubeconfigPath, "get", "servicemonitors.monitoring.coreos.com", "-A")
-			g.Expect(err).NotTo(HaveOccurred(), out)
-		}).WithTimeout(30 * time.Second).WithPolling(200 * time.Millisecond).Should(Succeed())
+		// The Prometheus operator's and cert-manager's CRDs, as schemaless stand-ins.
+		for _, crd := range []*unstructured.Unstructured{
+			standInCRD("monitoring.coreos.com", "v1", "ServiceMonitor", "servicemonitors"),
+			standInCRD("cert-manager.io", "v1", "Certificate", "certificates"),
+			standInCRD("cert-manager.io", "v1", "Issuer", "issuers"),
+		} {
+			g.Expect(c.Create(ctx, crd)).To(Succeed())
+			g.Eventually(func(g Gomega) {
+				out, err := run(kubectl, "--kubeconfig", kubeconfigPath, "get", crd.GetName(), "-A")
+				g.Expect(err).NotTo(HaveOccurred(), out)
+			}).WithTimeout(30 * time.Second).WithPolling(200 * time.Millisecond).Should(Succeed())
+		}
 
 		for _, rendering := range []struct {
 			name    string
@@ -528,15 +582,16 @@ func cloneEmpty(o *unstructured.Unstructured) *unstructured.Unstructured {
 	return u
 }
 
-// serviceMonitorCRD stands in for the Prometheus operator's CRD (no schema),
-// so that the chart's ServiceMonitors can be applied.
-func serviceMonitorCRD() *unstructured.Unstructured {
+// standInCRD stands in for another project's CRD (no schema: any spec is
+// stored), so that the chart's ServiceMonitors, Certificates and Issuers can
+// be applied.
+func standInCRD(group, version, kind, plural string) *unstructured.Unstructured {
 	crd := &unstructured.Unstructured{Object: map[string]any{
-		"metadata": map[string]any{"name": "servicemonitors.monitoring.coreos.com"},
+		"metadata": map[string]any{"name": plural + "." + group},
 		"spec": map[string]any{
-			"group": "monitoring.coreos.com", "scope": "Namespaced",
-			"names": map[string]any{"kind": "ServiceMonitor", "listKind": "ServiceMonitorList", "plural": "servicemonitors", "singular": "servicemonitor"},
-			"versions": []any{map[string]any{"name": "v1", "served": true, "storage": true,
+			"group": group, "scope": "Namespaced",
+			"names": map[string]any{"kind": kind, "listKind": kind + "List", "plural": plural, "singular": strings.ToLower(kind)},
+			"versions": []any{map[string]any{"name": version, "served": true, "storage": true,
 				"schema": map[string]any{"openAPIV3Schema": map[string]any{"type": "object", "x-kubernetes-preserve-unknown-fields": true}}}},
 		},
 	}}

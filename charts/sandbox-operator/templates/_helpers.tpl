@@ -61,6 +61,16 @@ app.kubernetes.io/component: {{ index . 1 }}
 {{- printf "%s-access" (include "sandbox-operator.fullname" .) }}
 {{- end }}
 
+{{/* The cert-manager Certificate and Secret of the access API's serving certificate. */}}
+{{- define "sandbox-operator.accessCertificateName" -}}
+{{- printf "%s-access-serving" (include "sandbox-operator.fullname" .) }}
+{{- end }}
+
+{{/* Where the manager mounts that Secret (--access-cert-dir). */}}
+{{- define "sandbox-operator.accessCertDir" -}}
+/var/run/sandbox-operator/access-serving
+{{- end }}
+
 {{/* image: include with (list .Values.manager.image .Chart). */}}
 {{- define "sandbox-operator.image" -}}
 {{- $img := index . 0 -}}
