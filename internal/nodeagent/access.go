@@ -11,6 +11,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -62,10 +63,11 @@ type accessServer struct {
 // newAccessServer makes the agent's certificate for advertise and listens
 // on bind.
 func newAccessServer(r *SandboxReconciler, reader client.Reader, namespace, bind, advertise string) (*accessServer, error) {
-	host, _, err := net.SplitHostPort(advertise)
+	host, port, err := splitAdvertise(advertise)
 	if err != nil {
-		return nil, fmt.Errorf("access advertise address %q: %w", advertise, err)
+		return nil, err
 	}
+	advertise = net.JoinHostPort(host, port)
 	self, err := access.NewCA("sandbox-node-agent "+r.args.NodeName, accessCertValidity)
 	if err != nil {
 		return nil, err
@@ -89,6 +91,25 @@ func newAccessServer(r *SandboxReconciler, reader client.Reader, namespace, bind
 	}
 	return &accessServer{r: r, reader: reader, namespace: namespace, cert: cert, listener: ln,
 		info: sandboxv1alpha1.NodeAccess{Endpoint: advertise, Certificate: string(pair.CertPEM)}}, nil
+}
+
+// splitAdvertise splits the advertised host:port. It also takes an IPv6
+// address without brackets ("fd00::5:10270"): the chart builds the address
+// as $(HOST_IP):<port> from the downward API, which gives no brackets on an
+// IPv6 node; the last colon is the port's there.
+func splitAdvertise(advertise string) (host, port string, err error) {
+	host, port, err = net.SplitHostPort(advertise)
+	if err == nil {
+		return host, port, nil
+	}
+	if i := strings.LastIndexByte(advertise, ':'); i > 0 && !strings.Contains(advertise, "[") {
+		if ip := net.ParseIP(advertise[:i]); ip != nil && ip.To4() == nil {
+			if _, perr := strconv.ParseUint(advertise[i+1:], 10, 16); perr == nil {
+				return advertise[:i], advertise[i+1:], nil
+			}
+		}
+	}
+	return "", "", fmt.Errorf("access advertise address %q: %w", advertise, err)
 }
 
 // NeedLeaderElection implements manager.LeaderElectionRunnable.
