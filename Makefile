@@ -29,9 +29,9 @@ help: ## Show this help.
 
 .PHONY: manifests
 manifests: tools ## Generate CRDs (config/crd/bases) and RBAC (config/rbac) from markers, and copy both into the Helm chart.
-	$(CONTROLLER_GEN) rbac:roleName=manager-role crd paths="./api/..." paths="./internal/controller/..." paths="./internal/access/..." \
+	$(CONTROLLER_GEN) rbac:roleName=sandbox-manager crd paths="./api/..." paths="./internal/controller/..." paths="./internal/access/..." \
 		output:crd:artifacts:config=config/crd/bases output:rbac:artifacts:config=config/rbac
-	$(CONTROLLER_GEN) rbac:roleName=node-agent-role paths="./internal/nodeagent/..." \
+	$(CONTROLLER_GEN) rbac:roleName=sandbox-node-agent paths="./internal/nodeagent/..." \
 		output:rbac:artifacts:config=config/rbac/node-agent
 	# The chart installs the same CRDs and renders its Roles' rules from copies of config/rbac (charts/*/templates/rbac).
 	rm -rf $(CHART)/crds $(CHART)/files/rbac && mkdir -p $(CHART)/crds $(CHART)/files/rbac
