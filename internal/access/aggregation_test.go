@@ -319,7 +319,12 @@ func TestAggregatedAPIServesAMountedCertificate(t *testing.T) {
 	}}
 	done := make(chan error, 1)
 	go func() { done <- r.Start(ctx) }()
-	t.Cleanup(func() { cancel(); <-done })
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("the access API stopped with %v", err)
+		}
+	})
 
 	apiService := &unstructured.Unstructured{}
 	apiService.SetGroupVersionKind(schemaAPIService)
