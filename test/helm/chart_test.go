@@ -4,9 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
-	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -25,11 +23,11 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime"
-	"k8s.io/apimachinery/pkg/runtime/schema"
-	"k8s.io/apimachinery/pkg/util/yaml"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 	ctrllog "sigs.k8s.io/controller-runtime/pkg/log"
+
+	"github.com/microvm-dev/sandbox-operator/test/internal/manifest"
 )
 
 const (
@@ -54,18 +52,18 @@ var allOptions = filepath.Join("testdata", "all-options.yaml")
 // to a real kube-apiserver with server-side dry-run and for real, with the
 // defaults and then with every option on (an upgrade).
 func TestChart(t *testing.T) {
-	helm := binary(t, "HELM", filepath.Join(root, "bin", "helm"), "run `make helm` (make test builds it)")
+	helm := manifest.Binary(t, "HELM", filepath.Join(root, "bin", "helm"), "run `make helm` (make test builds it)")
 	assets := os.Getenv("KUBEBUILDER_ASSETS")
 	if assets == "" {
 		assets = filepath.Join(root, "bin", "k8s")
 	}
-	kubectl := binary(t, "", filepath.Join(assets, "kubectl"), "run `make control-plane` or set KUBEBUILDER_ASSETS")
+	kubectl := manifest.Binary(t, "", filepath.Join(assets, "kubectl"), "run `make control-plane` or set KUBEBUILDER_ASSETS")
 
 	t.Run("helm lint passes with the defaults and with every option", func(t *testing.T) {
 		g := NewWithT(t)
-		out, err := run(helm, "lint", "--strict", chart)
+		out, err := manifest.Run(helm, "lint", "--strict", chart)
 		g.Expect(err).NotTo(HaveOccurred(), out)
-		out, err = run(helm, "lint", "--strict", chart, "--namespace", namespace, "-f", allOptions)
+		out, err = manifest.Run(helm, "lint", "--strict", chart, "--namespace", namespace, "-f", allOptions)
 		g.Expect(err).NotTo(HaveOccurred(), out)
 	})
 
@@ -79,7 +77,7 @@ func TestChart(t *testing.T) {
 			{"access.certManager.issuerRef.kind=ClusterIssuer", "/access/certManager/issuerRef': missing property 'name'"},
 			{"access.certManager.duration=90d", "access/certManager/duration"},
 		} {
-			out, err := run(helm, "template", release, chart, "--set-string", tc.set)
+			out, err := manifest.Run(helm, "template", release, chart, "--set-string", tc.set)
 			if err == nil || !strings.Contains(out, tc.want) {
 				t.Errorf("helm template --set-string %s: want an error with %q, got err=%v:\n%s", tc.set, tc.want, err, out)
 			}
@@ -117,7 +115,7 @@ func TestChart(t *testing.T) {
 		files, err := filepath.Glob(filepath.Join(root, "config", "crd", "bases", "*.yaml"))
 		g.Expect(err).NotTo(HaveOccurred())
 		for _, f := range files {
-			for _, o := range decodeFile(t, f) {
+			for _, o := range manifest.DecodeFile(t, f) {
 				want[o.GetName()] = o.Object
 			}
 		}
@@ -133,7 +131,7 @@ func TestChart(t *testing.T) {
 		var config []*unstructured.Unstructured
 		for _, f := range []string{"role.yaml", "role_binding.yaml", "service_account.yaml", "leader_election_role.yaml",
 			"leader_election_role_binding.yaml", "node-agent/role.yaml", "node-agent/role_binding.yaml", "node-agent/service_account.yaml"} {
-			config = append(config, decodeFile(t, filepath.Join(root, "config", "rbac", f))...)
+			config = append(config, manifest.DecodeFile(t, filepath.Join(root, "config", "rbac", f))...)
 		}
 		configIdentities := map[string]string{"sandbox-manager": "manager", "sandbox-node-agent": "node-agent"}
 		chartIdentities := map[string]string{
@@ -156,7 +154,7 @@ func TestChart(t *testing.T) {
 		for _, kind := range []string{"ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"} {
 			var want *unstructured.Unstructured
 			for _, f := range []string{"node_agent_policy.yaml", "node_agent_policy_binding.yaml"} {
-				for _, o := range decodeFile(t, filepath.Join(root, "config", "admission", f)) {
+				for _, o := range manifest.DecodeFile(t, filepath.Join(root, "config", "admission", f)) {
 					if o.GetKind() == kind {
 						want = o
 					}
@@ -245,7 +243,7 @@ func TestChart(t *testing.T) {
 		issuerRef, _, _ = unstructured.NestedStringMap(one(t, withIssuer, "Certificate").Object, "spec", "issuerRef")
 		g.Expect(issuerRef).To(Equal(map[string]string{"name": "corp-ca", "kind": "ClusterIssuer", "group": "cert-manager.io"}))
 
-		out, err := run(helm, "template", release, chart, "--set", "access.certManager.enabled=true", "--set", "access.createAPIService=false")
+		out, err := manifest.Run(helm, "template", release, chart, "--set", "access.certManager.enabled=true", "--set", "access.createAPIService=false")
 		g.Expect(err).To(HaveOccurred())
 		g.Expect(out).To(ContainSubstring("access.certManager.enabled needs access.createAPIService"))
 	})
@@ -330,13 +328,13 @@ func TestChart(t *testing.T) {
 		g.Expect(c.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: namespace}})).To(Succeed())
 		// The Prometheus operator's and cert-manager's CRDs, as schemaless stand-ins.
 		for _, crd := range []*unstructured.Unstructured{
-			standInCRD("monitoring.coreos.com", "v1", "ServiceMonitor", "servicemonitors"),
-			standInCRD("cert-manager.io", "v1", "Certificate", "certificates"),
-			standInCRD("cert-manager.io", "v1", "Issuer", "issuers"),
+			manifest.StandInCRD("monitoring.coreos.com", "v1", "ServiceMonitor", "servicemonitors"),
+			manifest.StandInCRD("cert-manager.io", "v1", "Certificate", "certificates"),
+			manifest.StandInCRD("cert-manager.io", "v1", "Issuer", "issuers"),
 		} {
 			g.Expect(c.Create(ctx, crd)).To(Succeed())
 			g.Eventually(func(g Gomega) {
-				out, err := run(kubectl, "--kubeconfig", kubeconfigPath, "get", crd.GetName(), "-A")
+				out, err := manifest.Run(kubectl, "--kubeconfig", kubeconfigPath, "get", crd.GetName(), "-A")
 				g.Expect(err).NotTo(HaveOccurred(), out)
 			}).WithTimeout(30 * time.Second).WithPolling(200 * time.Millisecond).Should(Succeed())
 		}
@@ -345,55 +343,28 @@ func TestChart(t *testing.T) {
 			name    string
 			objects []*unstructured.Unstructured
 		}{{"defaults", defaults}, {"every option", everything}} {
-			manifest := filepath.Join(t.TempDir(), "chart.yaml")
-			g.Expect(os.WriteFile(manifest, encode(t, rendering.objects), 0o600)).To(Succeed())
-			apply := []string{"--kubeconfig", kubeconfigPath, "apply", "--server-side", "--field-manager=helm", "-f", manifest}
+			file := filepath.Join(t.TempDir(), "chart.yaml")
+			g.Expect(os.WriteFile(file, manifest.Encode(t, rendering.objects), 0o600)).To(Succeed())
+			apply := []string{"--kubeconfig", kubeconfigPath, "apply", "--server-side", "--field-manager=helm", "-f", file}
 
-			out, err := run(kubectl, append(apply, "--dry-run=server")...)
+			out, err := manifest.Run(kubectl, append(apply, "--dry-run=server")...)
 			g.Expect(err).NotTo(HaveOccurred(), "server-side dry-run of %s:\n%s", rendering.name, out)
 			if rendering.name == "defaults" {
 				for _, o := range rendering.objects {
-					err := c.Get(ctx, client.ObjectKeyFromObject(o), cloneEmpty(o))
+					err := c.Get(ctx, client.ObjectKeyFromObject(o), manifest.CloneEmpty(o))
 					g.Expect(apierrors.IsNotFound(err) || meta.IsNoMatchError(err)).To(BeTrue(), "the dry run stored %s %s: %v", o.GetKind(), o.GetName(), err)
 				}
 			}
 
-			out, err = run(kubectl, apply...)
+			out, err = manifest.Run(kubectl, apply...)
 			g.Expect(err).NotTo(HaveOccurred(), "apply of %s:\n%s", rendering.name, out)
 			for _, o := range rendering.objects {
-				got := cloneEmpty(o)
+				got := manifest.CloneEmpty(o)
 				g.Expect(c.Get(ctx, client.ObjectKeyFromObject(o), got)).To(Succeed(), "%s %s/%s", o.GetKind(), o.GetNamespace(), o.GetName())
 				g.Expect(got.GetLabels()).To(Equal(o.GetLabels()), "%s %s", o.GetKind(), o.GetName())
 			}
 		}
 	})
-}
-
-// binary returns the path of a tool, from env when set, else def; it fails
-// the test with hint when the file is missing.
-func binary(t *testing.T, env, def, hint string) string {
-	t.Helper()
-	p := def
-	if env != "" && os.Getenv(env) != "" {
-		p = os.Getenv(env)
-	}
-	abs, err := filepath.Abs(p)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := os.Stat(abs); err != nil {
-		t.Fatalf("no %s: %s", abs, hint)
-	}
-	return abs
-}
-
-// run runs a command and returns its combined output.
-func run(name string, args ...string) (string, error) {
-	var out bytes.Buffer
-	cmd := exec.Command(name, args...)
-	cmd.Stdout, cmd.Stderr = &out, &out
-	err := cmd.Run()
-	return out.String(), err
 }
 
 // render runs helm template on the chart (CRDs included) and decodes it.
@@ -406,58 +377,7 @@ func render(t *testing.T, helm string, args ...string) []*unstructured.Unstructu
 	if err != nil {
 		t.Fatalf("helm template %v: %v\n%s", args, err, stderr.String())
 	}
-	return decode(t, bytes.NewReader(out))
-}
-
-func decodeFile(t *testing.T, path string) []*unstructured.Unstructured {
-	t.Helper()
-	f, err := os.Open(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer func() { _ = f.Close() }()
-	return decode(t, f)
-}
-
-// decode reads a multi-document YAML stream, skipping empty documents.
-func decode(t *testing.T, r io.Reader) []*unstructured.Unstructured {
-	t.Helper()
-	d := yaml.NewYAMLOrJSONDecoder(r, 4096)
-	var objs []*unstructured.Unstructured
-	for {
-		var raw runtime.RawExtension
-		if err := d.Decode(&raw); err != nil {
-			if errors.Is(err, io.EOF) {
-				return objs
-			}
-			t.Fatalf("decoding YAML: %v", err)
-		}
-		if len(raw.Raw) == 0 || string(raw.Raw) == "null" {
-			continue
-		}
-		// Unstructured's own JSON decoding keeps integers int64.
-		o := &unstructured.Unstructured{}
-		if err := o.UnmarshalJSON(raw.Raw); err != nil {
-			t.Fatalf("decoding %s: %v", raw.Raw, err)
-		}
-		objs = append(objs, o)
-	}
-}
-
-// encode writes objects as one JSON document per line (kubectl reads a
-// stream of them).
-func encode(t *testing.T, objs []*unstructured.Unstructured) []byte {
-	t.Helper()
-	var b bytes.Buffer
-	for _, o := range objs {
-		j, err := json.Marshal(o.Object)
-		if err != nil {
-			t.Fatal(err)
-		}
-		b.Write(j)
-		b.WriteByte('\n')
-	}
-	return b.Bytes()
+	return manifest.Decode(t, bytes.NewReader(out))
 }
 
 func kinds(objs []*unstructured.Unstructured) map[string]int {
@@ -573,28 +493,4 @@ func grants(t *testing.T, objs []*unstructured.Unstructured, ownNamespace string
 	}
 	sort.Strings(out)
 	return out
-}
-
-// cloneEmpty is an empty object of o's kind, for a Get.
-func cloneEmpty(o *unstructured.Unstructured) *unstructured.Unstructured {
-	u := &unstructured.Unstructured{}
-	u.SetGroupVersionKind(o.GroupVersionKind())
-	return u
-}
-
-// standInCRD stands in for another project's CRD (no schema: any spec is
-// stored), so that the chart's ServiceMonitors, Certificates and Issuers can
-// be applied.
-func standInCRD(group, version, kind, plural string) *unstructured.Unstructured {
-	crd := &unstructured.Unstructured{Object: map[string]any{
-		"metadata": map[string]any{"name": plural + "." + group},
-		"spec": map[string]any{
-			"group": group, "scope": "Namespaced",
-			"names": map[string]any{"kind": kind, "listKind": kind + "List", "plural": plural, "singular": strings.ToLower(kind)},
-			"versions": []any{map[string]any{"name": version, "served": true, "storage": true,
-				"schema": map[string]any{"openAPIV3Schema": map[string]any{"type": "object", "x-kubernetes-preserve-unknown-fields": true}}}},
-		},
-	}}
-	crd.SetGroupVersionKind(schema.GroupVersionKind{Group: "apiextensions.k8s.io", Version: "v1", Kind: "CustomResourceDefinition"})
-	return crd
 }

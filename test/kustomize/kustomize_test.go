@@ -1,16 +1,11 @@
 package kustomize
 
 import (
-	"bytes"
 	"context"
-	"errors"
 	"fmt"
-	"io"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
-	"strings"
 	"testing"
 	"time"
 
@@ -20,13 +15,12 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
-	"k8s.io/apimachinery/pkg/runtime"
-	"k8s.io/apimachinery/pkg/runtime/schema"
-	"k8s.io/apimachinery/pkg/util/yaml"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 	ctrllog "sigs.k8s.io/controller-runtime/pkg/log"
 	sigsyaml "sigs.k8s.io/yaml"
+
+	"github.com/microvm-dev/sandbox-operator/test/internal/manifest"
 )
 
 const (
@@ -43,6 +37,9 @@ const (
 var (
 	defaultDir    = filepath.Join(root, "config", "default")
 	prometheusDir = filepath.Join(root, "config", "prometheus")
+	// certManagerDir is config/default with the config/certmanager
+	// Component.
+	certManagerDir = filepath.Join(root, "config", "overlays", "cert-manager")
 
 	// helmOnlyLabels are the chart's labels that name Helm, the chart's
 	// version or the app's version: they have no meaning in a kustomize
@@ -56,17 +53,19 @@ var (
 // object as unstructured maps (so YAML comments, key order and quoting do
 // not matter); then applies both trees to a real kube-apiserver.
 func TestKustomizeEqualsChart(t *testing.T) {
-	helm := binary(t, "HELM", filepath.Join(root, "bin", "helm"), "run `make helm` (make test builds it)")
+	helm := manifest.Binary(t, "HELM", filepath.Join(root, "bin", "helm"), "run `make helm` (make test builds it)")
 	assets := os.Getenv("KUBEBUILDER_ASSETS")
 	if assets == "" {
 		assets = filepath.Join(root, "bin", "k8s")
 	}
-	kubectl := binary(t, "", filepath.Join(assets, "kubectl"), "run `make control-plane` or set KUBEBUILDER_ASSETS")
+	kubectl := manifest.Binary(t, "", filepath.Join(assets, "kubectl"), "run `make control-plane` or set KUBEBUILDER_ASSETS")
 
 	chartDefaults := withoutHelmLabels(byKey(t, render(t, helm)))
 	chartMonitors := withoutHelmLabels(byKey(t, render(t, helm, "--set", "metrics.serviceMonitor.enabled=true")))
 	def := byKey(t, build(t, kubectl, defaultDir))
 	prom := byKey(t, build(t, kubectl, prometheusDir))
+	chartCertManager := withoutHelmLabels(byKey(t, render(t, helm, "--set", "access.certManager.enabled=true")))
+	certManager := byKey(t, build(t, kubectl, certManagerDir))
 	nsKey := key(&unstructured.Unstructured{Object: map[string]any{
 		"apiVersion": "v1", "kind": "Namespace", "metadata": map[string]any{"name": namespace}}})
 
@@ -103,6 +102,27 @@ func TestKustomizeEqualsChart(t *testing.T) {
 			if got, ok := prom[k]; ok {
 				if d := cmp.Diff(extra[k].Object, got.Object); d != "" {
 					t.Errorf("%s in config/prometheus differs from the chart's (-chart +kustomize):\n%s", k, d)
+				}
+			}
+		}
+	})
+
+	t.Run("config/overlays/cert-manager (config/default and the config/certmanager Component) equals the chart with access.certManager.enabled", func(t *testing.T) {
+		g := NewWithT(t)
+		missing, extra := diffKeys(chartCertManager, certManager)
+		g.Expect(missing).To(BeEmpty(), "objects of the chart that the overlay lacks")
+		g.Expect(extra).To(Equal([]string{nsKey}), "objects of the overlay that the chart lacks")
+		added := map[string]*unstructured.Unstructured{}
+		for k, o := range chartCertManager {
+			if _, ok := chartDefaults[k]; !ok {
+				added[k] = o
+			}
+		}
+		g.Expect(kinds(added)).To(Equal(map[string]int{"Certificate": 1, "Issuer": 1}))
+		for _, k := range sortedKeys(chartCertManager) {
+			if got, ok := certManager[k]; ok {
+				if d := cmp.Diff(chartCertManager[k].Object, got.Object); d != "" {
+					t.Errorf("%s in config/overlays/cert-manager differs from the chart's (-chart +kustomize):\n%s", k, d)
 				}
 			}
 		}
@@ -168,23 +188,23 @@ func TestKustomizeEqualsChart(t *testing.T) {
 		// A dry run stores nothing, so the Namespace it would create does
 		// not exist for the namespaced objects after it: apply that one
 		// first, as the real apply does (kustomize puts Namespaces first).
-		out, err := run(kubectl, kubectlArgs("apply", "--server-side", "-f", filepath.Join(defaultDir, "namespace.yaml"))...)
+		out, err := manifest.Run(kubectl, kubectlArgs("apply", "--server-side", "-f", filepath.Join(defaultDir, "namespace.yaml"))...)
 		g.Expect(err).NotTo(HaveOccurred(), out)
 
-		out, err = run(kubectl, kubectlArgs("apply", "--server-side", "--dry-run=server", "-k", defaultDir)...)
+		out, err = manifest.Run(kubectl, kubectlArgs("apply", "--server-side", "--dry-run=server", "-k", defaultDir)...)
 		g.Expect(err).NotTo(HaveOccurred(), "server-side dry-run of config/default:\n%s", out)
 		for k, o := range def {
 			if k == nsKey {
 				continue
 			}
-			err := c.Get(ctx, client.ObjectKeyFromObject(o), cloneEmpty(o))
+			err := c.Get(ctx, client.ObjectKeyFromObject(o), manifest.CloneEmpty(o))
 			g.Expect(apierrors.IsNotFound(err) || meta.IsNoMatchError(err)).To(BeTrue(), "the dry run stored %s: %v", k, err)
 		}
 
-		out, err = run(kubectl, kubectlArgs("apply", "--server-side", "-k", defaultDir)...)
+		out, err = manifest.Run(kubectl, kubectlArgs("apply", "--server-side", "-k", defaultDir)...)
 		g.Expect(err).NotTo(HaveOccurred(), "apply of config/default:\n%s", out)
 		for k, o := range def {
-			got := cloneEmpty(o)
+			got := manifest.CloneEmpty(o)
 			g.Expect(c.Get(ctx, client.ObjectKeyFromObject(o), got)).To(Succeed(), k)
 			// The API server adds its own labels (a Namespace's
 			// kubernetes.io/metadata.name); ours are all kept.
@@ -198,100 +218,60 @@ func TestKustomizeEqualsChart(t *testing.T) {
 		g := NewWithT(t)
 		// The Prometheus operator's CRD, as a schemaless stand-in; the
 		// ServiceMonitors can be applied once it is served.
-		g.Expect(c.Create(ctx, serviceMonitorCRD())).To(Succeed())
+		g.Expect(c.Create(ctx, manifest.StandInCRD("monitoring.coreos.com", "v1", "ServiceMonitor", "servicemonitors"))).To(Succeed())
 		g.Eventually(func(g Gomega) {
-			out, err := run(kubectl, kubectlArgs("get", "servicemonitors.monitoring.coreos.com", "-A")...)
+			out, err := manifest.Run(kubectl, kubectlArgs("get", "servicemonitors.monitoring.coreos.com", "-A")...)
 			g.Expect(err).NotTo(HaveOccurred(), out)
 		}).WithTimeout(30 * time.Second).WithPolling(200 * time.Millisecond).Should(Succeed())
 
-		out, err := run(kubectl, kubectlArgs("apply", "--server-side", "--dry-run=server", "-k", prometheusDir)...)
+		out, err := manifest.Run(kubectl, kubectlArgs("apply", "--server-side", "--dry-run=server", "-k", prometheusDir)...)
 		g.Expect(err).NotTo(HaveOccurred(), "server-side dry-run of config/prometheus:\n%s", out)
-		out, err = run(kubectl, kubectlArgs("apply", "--server-side", "-k", prometheusDir)...)
+		out, err = manifest.Run(kubectl, kubectlArgs("apply", "--server-side", "-k", prometheusDir)...)
 		g.Expect(err).NotTo(HaveOccurred(), "apply of config/prometheus:\n%s", out)
 		for k, o := range prom {
-			g.Expect(c.Get(ctx, client.ObjectKeyFromObject(o), cloneEmpty(o))).To(Succeed(), k)
+			g.Expect(c.Get(ctx, client.ObjectKeyFromObject(o), manifest.CloneEmpty(o))).To(Succeed(), k)
 		}
 	})
-}
 
-// binary returns the path of a tool, from env when set, else def; it fails
-// the test with hint when the file is missing.
-func binary(t *testing.T, env, def, hint string) string {
-	t.Helper()
-	p := def
-	if env != "" && os.Getenv(env) != "" {
-		p = os.Getenv(env)
-	}
-	abs, err := filepath.Abs(p)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := os.Stat(abs); err != nil {
-		t.Fatalf("no %s: %s", abs, hint)
-	}
-	return abs
-}
-
-// run runs a command and returns its combined output.
-func run(name string, args ...string) (string, error) {
-	var out bytes.Buffer
-	cmd := exec.Command(name, args...)
-	cmd.Stdout, cmd.Stderr = &out, &out
-	err := cmd.Run()
-	return out.String(), err
-}
-
-// output runs a command and decodes its standard output.
-func output(t *testing.T, name string, args ...string) []*unstructured.Unstructured {
-	t.Helper()
-	cmd := exec.Command(name, args...)
-	var stderr bytes.Buffer
-	cmd.Stderr = &stderr
-	out, err := cmd.Output()
-	if err != nil {
-		t.Fatalf("%s %s: %v\n%s", filepath.Base(name), strings.Join(args, " "), err, stderr.String())
-	}
-	return decode(t, bytes.NewReader(out))
+	t.Run("config/overlays/cert-manager is accepted once cert-manager's CRDs are installed: dry run, then for real", func(t *testing.T) {
+		g := NewWithT(t)
+		// cert-manager's CRDs, as schemaless stand-ins.
+		for _, crd := range []*unstructured.Unstructured{
+			manifest.StandInCRD("cert-manager.io", "v1", "Certificate", "certificates"),
+			manifest.StandInCRD("cert-manager.io", "v1", "Issuer", "issuers"),
+		} {
+			g.Expect(c.Create(ctx, crd)).To(Succeed())
+			g.Eventually(func(g Gomega) {
+				out, err := manifest.Run(kubectl, kubectlArgs("get", crd.GetName(), "-A")...)
+				g.Expect(err).NotTo(HaveOccurred(), out)
+			}).WithTimeout(30 * time.Second).WithPolling(200 * time.Millisecond).Should(Succeed())
+		}
+		out, err := manifest.Run(kubectl, kubectlArgs("apply", "--server-side", "--dry-run=server", "-k", certManagerDir)...)
+		g.Expect(err).NotTo(HaveOccurred(), "server-side dry-run of config/overlays/cert-manager:\n%s", out)
+		out, err = manifest.Run(kubectl, kubectlArgs("apply", "--server-side", "-k", certManagerDir)...)
+		g.Expect(err).NotTo(HaveOccurred(), "apply of config/overlays/cert-manager:\n%s", out)
+		for k, o := range certManager {
+			got := manifest.CloneEmpty(o)
+			g.Expect(c.Get(ctx, client.ObjectKeyFromObject(o), got)).To(Succeed(), k)
+			if o.GetKind() == "APIService" {
+				g.Expect(got.GetAnnotations()).To(HaveKeyWithValue("cert-manager.io/inject-ca-from", namespace+"/sandbox-access-serving"))
+			}
+		}
+	})
 }
 
 // render runs helm template on the chart (CRDs included) as the release
 // config/default is written for.
 func render(t *testing.T, helm string, args ...string) []*unstructured.Unstructured {
 	t.Helper()
-	return output(t, helm, append([]string{"template", release, chart, "--namespace", namespace, "--include-crds",
+	return manifest.Output(t, helm, append([]string{"template", release, chart, "--namespace", namespace, "--include-crds",
 		"--set", "fullnameOverride=" + release}, args...)...)
 }
 
 // build runs kubectl's built-in kustomize on dir.
 func build(t *testing.T, kubectl, dir string) []*unstructured.Unstructured {
 	t.Helper()
-	return output(t, kubectl, "kustomize", dir)
-}
-
-// decode reads a multi-document YAML stream, skipping empty documents.
-func decode(t *testing.T, r io.Reader) []*unstructured.Unstructured {
-	t.Helper()
-	d := yaml.NewYAMLOrJSONDecoder(r, 4096)
-	var objs []*unstructured.Unstructured
-	for {
-		var raw runtime.RawExtension
-		if err := d.Decode(&raw); err != nil {
-			if errors.Is(err, io.EOF) {
-				return objs
-			}
-			t.Fatalf("decoding YAML: %v", err)
-		}
-		if len(raw.Raw) == 0 || string(raw.Raw) == "null" {
-			continue
-		}
-		// Unstructured's own JSON decoding keeps integers int64 on both
-		// sides.
-		o := &unstructured.Unstructured{}
-		if err := o.UnmarshalJSON(raw.Raw); err != nil {
-			t.Fatalf("decoding %s: %v", raw.Raw, err)
-		}
-		objs = append(objs, o)
-	}
+	return manifest.Output(t, kubectl, "kustomize", dir)
 }
 
 // key names an object: "apiVersion kind namespace/name" (no namespace for a
@@ -368,27 +348,4 @@ func withoutHelmLabels(objs map[string]*unstructured.Unstructured) map[string]*u
 		}
 	}
 	return objs
-}
-
-// cloneEmpty is an empty object of o's kind, for a Get.
-func cloneEmpty(o *unstructured.Unstructured) *unstructured.Unstructured {
-	u := &unstructured.Unstructured{}
-	u.SetGroupVersionKind(o.GroupVersionKind())
-	return u
-}
-
-// serviceMonitorCRD stands in for the Prometheus operator's CRD (no schema),
-// so that config/prometheus can be applied.
-func serviceMonitorCRD() *unstructured.Unstructured {
-	crd := &unstructured.Unstructured{Object: map[string]any{
-		"metadata": map[string]any{"name": "servicemonitors.monitoring.coreos.com"},
-		"spec": map[string]any{
-			"group": "monitoring.coreos.com", "scope": "Namespaced",
-			"names": map[string]any{"kind": "ServiceMonitor", "listKind": "ServiceMonitorList", "plural": "servicemonitors", "singular": "servicemonitor"},
-			"versions": []any{map[string]any{"name": "v1", "served": true, "storage": true,
-				"schema": map[string]any{"openAPIV3Schema": map[string]any{"type": "object", "x-kubernetes-preserve-unknown-fields": true}}}},
-		},
-	}}
-	crd.SetGroupVersionKind(schema.GroupVersionKind{Group: "apiextensions.k8s.io", Version: "v1", Kind: "CustomResourceDefinition"})
-	return crd
 }
