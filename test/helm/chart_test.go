@@ -96,6 +96,11 @@ func TestChart(t *testing.T) {
 			"ValidatingAdmissionPolicy": 1, "ValidatingAdmissionPolicyBinding": 1,
 		}))
 		g.Expect(kinds(everything)).To(And(HaveKeyWithValue("ServiceMonitor", 2), HaveKeyWithValue("Certificate", 1), HaveKeyWithValue("Issuer", 1)))
+		for _, o := range everything {
+			if o.GetKind() != "CustomResourceDefinition" { // crds/ is not templated
+				g.Expect(o.GetLabels()).To(HaveKeyWithValue("example.com/team", "platform"), "commonLabels on %s %s", o.GetKind(), o.GetName())
+			}
+		}
 		for _, o := range append(slices.Clone(defaults), everything...) {
 			switch o.GetKind() {
 			case "CustomResourceDefinition", "ClusterRole", "ClusterRoleBinding", "APIService",
