@@ -295,6 +295,13 @@ func TestChart(t *testing.T) {
 				g.Expect(*v.HostPath.Type).To(BeEmpty(), "with emulation allowed a node without /dev/kvm runs the agent")
 			}
 		}
+		g.Expect(spec.Volumes).To(ContainElement(And(HaveField("Name", "images"), HaveField("HostPath.Path", "/var/lib/sandbox-images"))),
+			"an image cache outside the state directory lives on the host too")
+		g.Expect(c.VolumeMounts).To(ContainElement(And(HaveField("Name", "images"), HaveField("MountPath", "/var/lib/sandbox-images"))))
+
+		out, err := manifest.Run(helm, "template", release, chart, "--set", "nodeAgent.accelerator=tcg")
+		g.Expect(err).To(HaveOccurred(), "tcg without allowEmulation")
+		g.Expect(out).To(ContainSubstring("set nodeAgent.allowEmulation=true"))
 	})
 
 	// A real kube-apiserver and etcd; no kubelet, so the Deployment and the
