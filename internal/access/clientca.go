@@ -24,7 +24,8 @@ const ClientCAName = "sandbox-access-client-ca"
 const ClientCACertKey = "ca.crt"
 
 // clientCAValidity is the CA's lifetime; the manager's client certificate
-// is issued from it at every start, for clientCertValidity.
+// is issued from it at every start, for clientCertValidity, and renewed after two
+// thirds of it (RotatingCert).
 const (
 	clientCAValidity   = 10 * 365 * 24 * time.Hour
 	clientCertValidity = 365 * 24 * time.Hour

@@ -41,8 +41,10 @@ func AgentPath(uid, subresource string) string {
 // SandboxNode's status.access (pinned, byte for byte). httputil's reverse
 // proxy passes connection upgrades (websocket, SPDY) through.
 type AgentProxy struct {
-	Client     client.Reader
-	ClientCert tls.Certificate
+	Client client.Reader
+	// ClientCert is the manager's client certificate, renewed before it
+	// expires (the agents check its validity against the client CA).
+	ClientCert *RotatingCert
 }
 
 // needsRunning lists the subresources that reach the guest (logs are on the
@@ -143,10 +145,11 @@ func (p *AgentProxy) agent(ctx context.Context, node string) (*url.URL, http.Rou
 	}
 	pinned := block.Bytes
 	cfg := &tls.Config{
-		Certificates: []tls.Certificate{p.ClientCert},
-		MinVersion:   tls.VersionTLS12,
+		GetClientCertificate: p.ClientCert.GetClientCertificate,
+		MinVersion:           tls.VersionTLS12,
 		// The agent's certificate is self-signed and pinned: verified by
-		// its bytes below instead of a CA and a host name.
+		// its bytes below instead of a CA and a host name (so its expiry
+		// does not matter: a restarted agent publishes a new one).
 		InsecureSkipVerify: true, //nolint:gosec // verified in VerifyPeerCertificate against the pinned certificate
 		VerifyPeerCertificate: func(raw [][]byte, _ [][]*x509.Certificate) error {
 			if len(raw) == 0 || !bytes.Equal(raw[0], pinned) {

@@ -70,8 +70,8 @@ const (
 // which some file systems do not report).
 const certWatchInterval = 10 * time.Second
 
-// servingValidity is the lifetime of the serving certificate made at each
-// start (the APIService's caBundle is updated with it).
+// servingValidity is the lifetime of each serving certificate the manager
+// issues from the serving CA (renewed after two thirds: RotatingCert).
 const servingValidity = 365 * 24 * time.Hour
 
 // requestHeaderWait bounds the wait for the front-proxy configuration.
@@ -113,11 +113,7 @@ func (r *Runnable) Start(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	pair, err := ca.ManagerClientCert()
-	if err != nil {
-		return err
-	}
-	clientCert, err := pair.TLSCertificate()
+	clientCert, err := NewRotatingCert(ca.ManagerClientCert)
 	if err != nil {
 		return err
 	}
@@ -205,18 +201,13 @@ func (r *Runnable) servingCertificate(ctx context.Context) (servingCert, error) 
 		return servingCert{}, err
 	}
 	svc := r.serviceHost()
-	pair, err := ca.IssueServer("sandbox-access", []string{svc, svc + ".cluster.local", "localhost", "127.0.0.1"}, servingValidity)
+	cert, err := NewRotatingCert(func() (KeyPair, error) {
+		return ca.IssueServer("sandbox-access", []string{svc, svc + ".cluster.local", "localhost", "127.0.0.1"}, servingValidity)
+	})
 	if err != nil {
 		return servingCert{}, err
 	}
-	cert, err := pair.TLSCertificate()
-	if err != nil {
-		return servingCert{}, err
-	}
-	return servingCert{
-		get:   func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return &cert, nil },
-		caPEM: ca.CertPEM, source: "Secret " + r.Opts.Namespace + "/" + ServingCAName,
-	}, nil
+	return servingCert{get: cert.GetCertificate, caPEM: ca.CertPEM, source: "Secret " + r.Opts.Namespace + "/" + ServingCAName}, nil
 }
 
 // registerAPIService points the APIService at the Service with this
