@@ -30,7 +30,7 @@ import (
 // +kubebuilder:rbac:groups="",namespace=sandbox-system,resources=secrets,verbs=get;create
 // +kubebuilder:rbac:groups="",namespace=kube-system,resources=configmaps,verbs=get,resourceNames=extension-apiserver-authentication
 // +kubebuilder:rbac:groups=authorization.k8s.io,resources=subjectaccessreviews,verbs=create
-// +kubebuilder:rbac:groups=apiregistration.k8s.io,resources=apiservices,verbs=get;create;update;patch
+// +kubebuilder:rbac:groups=apiregistration.k8s.io,resources=apiservices,verbs=get;create;patch
 
 // Options configure the manager's access API server.
 type Options struct {

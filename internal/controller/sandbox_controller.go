@@ -83,8 +83,8 @@ type SandboxReconciler struct {
 	runRequested sync.Map
 }
 
-// +kubebuilder:rbac:groups=sandbox.microvm.dev,resources=sandboxes,verbs=get;list;watch;update;patch;delete
-// +kubebuilder:rbac:groups=sandbox.microvm.dev,resources=sandboxes/status,verbs=get;update;patch
+// +kubebuilder:rbac:groups=sandbox.microvm.dev,resources=sandboxes,verbs=get;list;watch;patch;delete
+// +kubebuilder:rbac:groups=sandbox.microvm.dev,resources=sandboxes/status,verbs=get;patch
 // +kubebuilder:rbac:groups=sandbox.microvm.dev,resources=sandboxes/finalizers,verbs=update
 // +kubebuilder:rbac:groups=sandbox.microvm.dev,resources=sandboxnodes,verbs=get;list;watch
 // +kubebuilder:rbac:groups=coordination.k8s.io,namespace=sandbox-system,resources=leases,verbs=get;list;watch

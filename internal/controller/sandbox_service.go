@@ -36,8 +36,8 @@ const EndpointSliceManagedBy = "sandbox-manager.sandbox.microvm.dev"
 // errInvalidService marks a Sandbox for which no valid Service can be made.
 var errInvalidService = errors.New("invalid Service")
 
-// +kubebuilder:rbac:groups="",resources=services,verbs=get;list;watch;create;update;patch;delete
-// +kubebuilder:rbac:groups=discovery.k8s.io,resources=endpointslices,verbs=get;list;watch;create;update;patch;delete
+// +kubebuilder:rbac:groups="",resources=services,verbs=get;list;watch;create;patch;delete
+// +kubebuilder:rbac:groups=discovery.k8s.io,resources=endpointslices,verbs=get;list;watch;create;patch;delete
 
 // reconcileService keeps the Sandbox's selectorless Service and its
 // EndpointSlices in line with spec.network.ports and the node agent's

@@ -24,11 +24,11 @@ import (
 
 // RBAC of the node agent (config/rbac/node-agent). Narrowing writes to its
 // own node's objects is the admission policy's job (a later issue).
-// +kubebuilder:rbac:groups=sandbox.microvm.dev,resources=sandboxnodes,verbs=get;create;patch;update
-// +kubebuilder:rbac:groups=sandbox.microvm.dev,resources=sandboxnodes/status,verbs=get;patch;update
-// +kubebuilder:rbac:groups=sandbox.microvm.dev,resources=sandboxes,verbs=get;list;watch;patch;update
-// +kubebuilder:rbac:groups=sandbox.microvm.dev,resources=sandboxes/status,verbs=get;patch;update
-// +kubebuilder:rbac:groups=coordination.k8s.io,resources=leases,verbs=get;create;update;patch
+// +kubebuilder:rbac:groups=sandbox.microvm.dev,resources=sandboxnodes,verbs=get;create;patch
+// +kubebuilder:rbac:groups=sandbox.microvm.dev,resources=sandboxnodes/status,verbs=get;patch
+// +kubebuilder:rbac:groups=sandbox.microvm.dev,resources=sandboxes,verbs=get;list;watch;patch
+// +kubebuilder:rbac:groups=sandbox.microvm.dev,resources=sandboxes/status,verbs=get;patch
+// +kubebuilder:rbac:groups=coordination.k8s.io,resources=leases,verbs=get;create;update
 // +kubebuilder:rbac:groups="",resources=nodes,verbs=get
 // +kubebuilder:rbac:groups="",resources=secrets;configmaps,verbs=get
 // +kubebuilder:rbac:groups=events.k8s.io,resources=events,verbs=create;patch
