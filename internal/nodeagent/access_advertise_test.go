@@ -12,6 +12,7 @@ func TestSplitAdvertise(t *testing.T) {
 	}{
 		{name: "an IPv4 address and port", in: "10.0.0.5:10270", host: "10.0.0.5", port: "10270"},
 		{name: "a bracketed IPv6 address and port", in: "[fd00::5]:10270", host: "fd00::5", port: "10270"},
+		{name: "a bracketed IPv4 address and port, as the chart's [$(HOST_IP)]:port gives on an IPv4 node", in: "[10.0.0.5]:10270", host: "10.0.0.5", port: "10270"},
 		{name: "an IPv6 address without brackets, as $(HOST_IP):port gives on an IPv6 node", in: "fd00::5:10270", host: "fd00::5", port: "10270"},
 		{name: "a host name and port", in: "node-a.example:10270", host: "node-a.example", port: "10270"},
 		{name: "port 0 (picked when bound)", in: "127.0.0.1:0", host: "127.0.0.1", port: "0"},

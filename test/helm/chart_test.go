@@ -264,7 +264,8 @@ func TestChart(t *testing.T) {
 			corev1.EnvVar{Name: "NODE_NAME", ValueFrom: &corev1.EnvVarSource{FieldRef: &corev1.ObjectFieldSelector{FieldPath: "spec.nodeName"}}},
 			corev1.EnvVar{Name: "HOST_IP", ValueFrom: &corev1.EnvVarSource{FieldRef: &corev1.ObjectFieldSelector{FieldPath: "status.hostIP"}}}))
 		g.Expect(c.Args).To(ContainElements("--lease-namespace="+namespace, "--node-address=$(HOST_IP)",
-			"--access-bind-address=:10270", "--access-advertise-address=$(HOST_IP):10270",
+			"--access-bind-address=[$(HOST_IP)]:10270", "--access-advertise-address=[$(HOST_IP)]:10270",
+			"--metrics-bind-address=[$(HOST_IP)]:8090", "--health-probe-bind-address=[$(HOST_IP)]:8091",
 			"--state-dir=/var/lib/sandbox-operator", "--accelerator=auto",
 			"--cgroup-parent=/run/sandbox-operator/cgroup"))
 		g.Expect(c.Args).NotTo(ContainElement("--allow-emulation"), "allowEmulation is off by default")
