@@ -84,6 +84,24 @@ func TestChart(t *testing.T) {
 		}
 	})
 
+	t.Run("combinations the schema cannot see are refused with what to change", func(t *testing.T) {
+		for _, tc := range []struct {
+			args []string
+			want string
+		}{
+			{[]string{"--namespace", "kube-system"}, "not kube-system"},
+			{[]string{"--set", `commonLabels.app\.kubernetes\.io/name=x`}, "commonLabels may not set app.kubernetes.io/name"},
+			{[]string{"--set", `manager.podLabels.app\.kubernetes\.io/instance=x`}, "manager.podLabels may not set app.kubernetes.io/instance"},
+			{[]string{"--set", "nodeAgent.metricsPort=10270"}, "nodeAgent.metricsPort and access.agentPort are both 10270"},
+			{[]string{"--set", "manager.healthPort=8443"}, "manager.healthPort and access.port are both 8443"},
+		} {
+			out, err := manifest.Run(helm, append([]string{"template", release, chart}, tc.args...)...)
+			if err == nil || !strings.Contains(out, tc.want) {
+				t.Errorf("helm template %v: want an error with %q, got err=%v:\n%s", tc.args, tc.want, err, out)
+			}
+		}
+	})
+
 	defaults := render(t, helm)
 	everything := render(t, helm, "-f", allOptions)
 
