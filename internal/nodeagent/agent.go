@@ -134,6 +134,18 @@ type Agent struct {
 	mgr  ctrl.Manager
 }
 
+// validateLease refuses a heartbeat that cannot work: a Lease holds whole
+// seconds, and renewals must come well within one Lease's duration.
+func (a Args) validateLease() error {
+	if a.LeaseDuration < time.Second {
+		return fmt.Errorf("--lease-duration %s: a Lease counts whole seconds, at least 1s", a.LeaseDuration)
+	}
+	if a.RenewInterval <= 0 || a.RenewInterval >= a.LeaseDuration {
+		return fmt.Errorf("--lease-renew-interval %s must be positive and shorter than --lease-duration %s", a.RenewInterval, a.LeaseDuration)
+	}
+	return nil
+}
+
 var errNoNodeName = errors.New("the node name is required (set NODE_NAME from the downward API, or --node-name)")
 
 // New builds an agent: a controller-runtime manager whose caches only see
@@ -145,6 +157,9 @@ func New(opts ...Option) (*Agent, error) {
 	}
 	if a.args.NodeName == "" {
 		return nil, errNoNodeName
+	}
+	if err := a.args.validateLease(); err != nil {
+		return nil, err
 	}
 	if a.cfg == nil {
 		cfg, err := ctrl.GetConfig()
