@@ -114,6 +114,12 @@ func TestChart(t *testing.T) {
 			"ValidatingAdmissionPolicy": 1, "ValidatingAdmissionPolicyBinding": 1,
 		}))
 		g.Expect(kinds(everything)).To(And(HaveKeyWithValue("ServiceMonitor", 2), HaveKeyWithValue("Certificate", 1), HaveKeyWithValue("Issuer", 1)))
+		for _, kind := range []string{"Deployment", "DaemonSet"} {
+			labels := stringMap(one(t, everything, kind), "spec", "template", "metadata", "labels")
+			g.Expect(labels).NotTo(Or(HaveKey("helm.sh/chart"), HaveKey("app.kubernetes.io/version")),
+				"a %s's Pods are not restarted by a chart upgrade that changes nothing else", kind)
+			g.Expect(labels).To(HaveKeyWithValue("example.com/team", "platform"))
+		}
 		for _, o := range everything {
 			if o.GetKind() != "CustomResourceDefinition" { // crds/ is not templated
 				g.Expect(o.GetLabels()).To(HaveKeyWithValue("example.com/team", "platform"), "commonLabels on %s %s", o.GetKind(), o.GetName())
@@ -207,7 +213,7 @@ func TestChart(t *testing.T) {
 
 		svc := service(t, defaults, release+"-access")
 		g.Expect(c.Args).To(ContainElements("--leader-elect=true", "--lease-namespace="+namespace,
-			"--metrics-bind-address=:8080", "--health-probe-bind-address=:8081",
+			"--metrics-bind-address=:8080", "--health-probe-bind-address=:8081", "--zap-devel=false",
 			"--access-bind-address=:8443", "--access-service="+svc.Name,
 			fmt.Sprintf("--access-service-port=%d", svc.Spec.Ports[0].Port), "--access-register-apiservice=true"))
 		g.Expect(c.Ports).To(ContainElement(And(HaveField("Name", svc.Spec.Ports[0].TargetPort.StrVal), HaveField("ContainerPort", int32(8443)))))

@@ -48,6 +48,21 @@ app.kubernetes.io/component: {{ index . 1 }}
 app.kubernetes.io/component: {{ index . 1 }}
 {{- end }}
 
+{{/*
+Labels of one component's Pods: include with (list . "manager"). Not the
+chart's or the app's version: a Pod template that changed with every chart
+version would restart the manager and every node agent on an upgrade that
+changes nothing else.
+*/}}
+{{- define "sandbox-operator.podLabels" -}}
+{{- $ctx := index . 0 -}}
+{{ include "sandbox-operator.selectorLabels" . }}
+app.kubernetes.io/part-of: sandbox-operator
+{{- with $ctx.Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
 {{- define "sandbox-operator.manager.serviceAccountName" -}}
 {{- default (printf "%s-manager" (include "sandbox-operator.fullname" .)) .Values.manager.serviceAccount.name }}
 {{- end }}
