@@ -12,9 +12,7 @@ import (
 	"sort"
 	"strings"
 	"testing"
-	"time"
 
-	"github.com/go-logr/logr"
 	. "github.com/onsi/gomega"
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
@@ -24,8 +22,6 @@ import (
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
-	"sigs.k8s.io/controller-runtime/pkg/envtest"
-	ctrllog "sigs.k8s.io/controller-runtime/pkg/log"
 
 	"github.com/microvm-dev/sandbox-operator/test/internal/manifest"
 )
@@ -329,34 +325,8 @@ func TestChart(t *testing.T) {
 		g.Expect(out).To(ContainSubstring("set nodeAgent.allowEmulation=true"))
 	})
 
-	// A real kube-apiserver and etcd; no kubelet, so the Deployment and the
-	// DaemonSet are only stored.
-	ctrllog.SetLogger(logr.Discard())
-	testEnv := &envtest.Environment{BinaryAssetsDirectory: assets}
-	if _, err := testEnv.Start(); err != nil {
-		t.Fatalf("starting envtest (kube-apiserver and etcd from %s): %v", assets, err)
-	}
-	t.Cleanup(func() {
-		if err := testEnv.Stop(); err != nil {
-			t.Errorf("stopping envtest: %v", err)
-		}
-	})
-	admin, err := testEnv.AddUser(envtest.User{Name: "chart-admin", Groups: []string{"system:masters"}}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	kubeconfig, err := admin.KubeConfig()
-	if err != nil {
-		t.Fatal(err)
-	}
-	kubeconfigPath := filepath.Join(t.TempDir(), "kubeconfig")
-	if err := os.WriteFile(kubeconfigPath, kubeconfig, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	c, err := client.New(admin.Config(), client.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
+	cluster := manifest.StartCluster(t, assets, kubectl)
+	c := cluster.Client
 	ctx := context.Background()
 
 	t.Run("the rendered chart is accepted by the API server: server-side dry-run, then for real, then upgraded with every option", func(t *testing.T) {
@@ -364,17 +334,10 @@ func TestChart(t *testing.T) {
 		// helm install --create-namespace makes the namespace first.
 		g.Expect(c.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: namespace}})).To(Succeed())
 		// The Prometheus operator's and cert-manager's CRDs, as schemaless stand-ins.
-		for _, crd := range []*unstructured.Unstructured{
+		cluster.InstallCRDs(g,
 			manifest.StandInCRD("monitoring.coreos.com", "v1", "ServiceMonitor", "servicemonitors"),
 			manifest.StandInCRD("cert-manager.io", "v1", "Certificate", "certificates"),
-			manifest.StandInCRD("cert-manager.io", "v1", "Issuer", "issuers"),
-		} {
-			g.Expect(c.Create(ctx, crd)).To(Succeed())
-			g.Eventually(func(g Gomega) {
-				out, err := manifest.Run(kubectl, "--kubeconfig", kubeconfigPath, "get", crd.GetName(), "-A")
-				g.Expect(err).NotTo(HaveOccurred(), out)
-			}).WithTimeout(30 * time.Second).WithPolling(200 * time.Millisecond).Should(Succeed())
-		}
+			manifest.StandInCRD("cert-manager.io", "v1", "Issuer", "issuers"))
 
 		for _, rendering := range []struct {
 			name    string
@@ -382,9 +345,9 @@ func TestChart(t *testing.T) {
 		}{{"defaults", defaults}, {"every option", everything}} {
 			file := filepath.Join(t.TempDir(), "chart.yaml")
 			g.Expect(os.WriteFile(file, manifest.Encode(t, rendering.objects), 0o600)).To(Succeed())
-			apply := []string{"--kubeconfig", kubeconfigPath, "apply", "--server-side", "--field-manager=helm", "-f", file}
+			apply := []string{"apply", "--server-side", "--field-manager=helm", "-f", file}
 
-			out, err := manifest.Run(kubectl, append(apply, "--dry-run=server")...)
+			out, err := cluster.Kubectl(append(apply, "--dry-run=server")...)
 			g.Expect(err).NotTo(HaveOccurred(), "server-side dry-run of %s:\n%s", rendering.name, out)
 			if rendering.name == "defaults" {
 				for _, o := range rendering.objects {
@@ -393,7 +356,7 @@ func TestChart(t *testing.T) {
 				}
 			}
 
-			out, err = manifest.Run(kubectl, apply...)
+			out, err = cluster.Kubectl(apply...)
 			g.Expect(err).NotTo(HaveOccurred(), "apply of %s:\n%s", rendering.name, out)
 			for _, o := range rendering.objects {
 				got := manifest.CloneEmpty(o)

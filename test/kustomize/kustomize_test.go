@@ -7,17 +7,13 @@ import (
 	"path/filepath"
 	"slices"
 	"testing"
-	"time"
 
-	"github.com/go-logr/logr"
 	"github.com/google/go-cmp/cmp"
 	. "github.com/onsi/gomega"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"sigs.k8s.io/controller-runtime/pkg/client"
-	"sigs.k8s.io/controller-runtime/pkg/envtest"
-	ctrllog "sigs.k8s.io/controller-runtime/pkg/log"
 	sigsyaml "sigs.k8s.io/yaml"
 
 	"github.com/microvm-dev/sandbox-operator/test/internal/manifest"
@@ -151,47 +147,19 @@ func TestKustomizeEqualsChart(t *testing.T) {
 		g.Expect(k.NamePrefix).To(BeEmpty())
 	})
 
-	// A real kube-apiserver and etcd; no kubelet, so the Deployment and the
-	// DaemonSet are only stored.
-	ctrllog.SetLogger(logr.Discard())
-	testEnv := &envtest.Environment{BinaryAssetsDirectory: assets}
-	cfg, err := testEnv.Start()
-	if err != nil {
-		t.Fatalf("starting envtest (kube-apiserver and etcd from %s): %v", assets, err)
-	}
-	t.Cleanup(func() {
-		if err := testEnv.Stop(); err != nil {
-			t.Errorf("stopping envtest: %v", err)
-		}
-	})
-	admin, err := testEnv.AddUser(envtest.User{Name: "kustomize-admin", Groups: []string{"system:masters"}}, cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	kubeconfig, err := admin.KubeConfig()
-	if err != nil {
-		t.Fatal(err)
-	}
-	kubeconfigPath := filepath.Join(t.TempDir(), "kubeconfig")
-	if err := os.WriteFile(kubeconfigPath, kubeconfig, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	c, err := client.New(admin.Config(), client.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
+	cluster := manifest.StartCluster(t, assets, kubectl)
+	c := cluster.Client
 	ctx := context.Background()
-	kubectlArgs := func(args ...string) []string { return append([]string{"--kubeconfig", kubeconfigPath}, args...) }
 
 	t.Run("kubectl apply --server-side -k config/default is accepted by the API server: dry run, then for real", func(t *testing.T) {
 		g := NewWithT(t)
 		// A dry run stores nothing, so the Namespace it would create does
 		// not exist for the namespaced objects after it: apply that one
 		// first, as the real apply does (kustomize puts Namespaces first).
-		out, err := manifest.Run(kubectl, kubectlArgs("apply", "--server-side", "-f", filepath.Join(defaultDir, "namespace.yaml"))...)
+		out, err := cluster.Kubectl("apply", "--server-side", "-f", filepath.Join(defaultDir, "namespace.yaml"))
 		g.Expect(err).NotTo(HaveOccurred(), out)
 
-		out, err = manifest.Run(kubectl, kubectlArgs("apply", "--server-side", "--dry-run=server", "-k", defaultDir)...)
+		out, err = cluster.Kubectl("apply", "--server-side", "--dry-run=server", "-k", defaultDir)
 		g.Expect(err).NotTo(HaveOccurred(), "server-side dry-run of config/default:\n%s", out)
 		for k, o := range def {
 			if k == nsKey {
@@ -201,7 +169,7 @@ func TestKustomizeEqualsChart(t *testing.T) {
 			g.Expect(apierrors.IsNotFound(err) || meta.IsNoMatchError(err)).To(BeTrue(), "the dry run stored %s: %v", k, err)
 		}
 
-		out, err = manifest.Run(kubectl, kubectlArgs("apply", "--server-side", "-k", defaultDir)...)
+		out, err = cluster.Kubectl("apply", "--server-side", "-k", defaultDir)
 		g.Expect(err).NotTo(HaveOccurred(), "apply of config/default:\n%s", out)
 		for k, o := range def {
 			got := manifest.CloneEmpty(o)
@@ -218,15 +186,11 @@ func TestKustomizeEqualsChart(t *testing.T) {
 		g := NewWithT(t)
 		// The Prometheus operator's CRD, as a schemaless stand-in; the
 		// ServiceMonitors can be applied once it is served.
-		g.Expect(c.Create(ctx, manifest.StandInCRD("monitoring.coreos.com", "v1", "ServiceMonitor", "servicemonitors"))).To(Succeed())
-		g.Eventually(func(g Gomega) {
-			out, err := manifest.Run(kubectl, kubectlArgs("get", "servicemonitors.monitoring.coreos.com", "-A")...)
-			g.Expect(err).NotTo(HaveOccurred(), out)
-		}).WithTimeout(30 * time.Second).WithPolling(200 * time.Millisecond).Should(Succeed())
+		cluster.InstallCRDs(g, manifest.StandInCRD("monitoring.coreos.com", "v1", "ServiceMonitor", "servicemonitors"))
 
-		out, err := manifest.Run(kubectl, kubectlArgs("apply", "--server-side", "--dry-run=server", "-k", prometheusDir)...)
+		out, err := cluster.Kubectl("apply", "--server-side", "--dry-run=server", "-k", prometheusDir)
 		g.Expect(err).NotTo(HaveOccurred(), "server-side dry-run of config/prometheus:\n%s", out)
-		out, err = manifest.Run(kubectl, kubectlArgs("apply", "--server-side", "-k", prometheusDir)...)
+		out, err = cluster.Kubectl("apply", "--server-side", "-k", prometheusDir)
 		g.Expect(err).NotTo(HaveOccurred(), "apply of config/prometheus:\n%s", out)
 		for k, o := range prom {
 			g.Expect(c.Get(ctx, client.ObjectKeyFromObject(o), manifest.CloneEmpty(o))).To(Succeed(), k)
@@ -236,19 +200,12 @@ func TestKustomizeEqualsChart(t *testing.T) {
 	t.Run("config/overlays/cert-manager is accepted once cert-manager's CRDs are installed: dry run, then for real", func(t *testing.T) {
 		g := NewWithT(t)
 		// cert-manager's CRDs, as schemaless stand-ins.
-		for _, crd := range []*unstructured.Unstructured{
+		cluster.InstallCRDs(g,
 			manifest.StandInCRD("cert-manager.io", "v1", "Certificate", "certificates"),
-			manifest.StandInCRD("cert-manager.io", "v1", "Issuer", "issuers"),
-		} {
-			g.Expect(c.Create(ctx, crd)).To(Succeed())
-			g.Eventually(func(g Gomega) {
-				out, err := manifest.Run(kubectl, kubectlArgs("get", crd.GetName(), "-A")...)
-				g.Expect(err).NotTo(HaveOccurred(), out)
-			}).WithTimeout(30 * time.Second).WithPolling(200 * time.Millisecond).Should(Succeed())
-		}
-		out, err := manifest.Run(kubectl, kubectlArgs("apply", "--server-side", "--dry-run=server", "-k", certManagerDir)...)
+			manifest.StandInCRD("cert-manager.io", "v1", "Issuer", "issuers"))
+		out, err := cluster.Kubectl("apply", "--server-side", "--dry-run=server", "-k", certManagerDir)
 		g.Expect(err).NotTo(HaveOccurred(), "server-side dry-run of config/overlays/cert-manager:\n%s", out)
-		out, err = manifest.Run(kubectl, kubectlArgs("apply", "--server-side", "-k", certManagerDir)...)
+		out, err = cluster.Kubectl("apply", "--server-side", "-k", certManagerDir)
 		g.Expect(err).NotTo(HaveOccurred(), "apply of config/overlays/cert-manager:\n%s", out)
 		for k, o := range certManager {
 			got := manifest.CloneEmpty(o)
